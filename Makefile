@@ -1,0 +1,45 @@
+# The commands a user needs. `make help` lists them.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+VENV := .venv
+PY := $(VENV)/bin/python
+# The image `make image` builds and the container tests run.
+IMAGE ?= spacy-ner-sagemaker:local
+export IMAGE
+
+.PHONY: help serve test image bench bench-quick pins clean
+
+help:
+	@echo "make serve   serve the model on port 8080 (in the image when Docker answers, else on the host)"
+	@echo "make test    run every test (the image's too when Docker answers)"
+	@echo "make image   build the serving image ($(IMAGE))"
+	@echo "make bench   measure serving against in-process spaCy; writes bench/results/"
+	@echo "make pins    recompile the pinned requirement files after editing a *.in file"
+
+$(VENV)/.installed: requirements-dev.txt container/model-requirements.txt scripts/setup-host.sh
+	scripts/setup-host.sh
+	touch $@
+
+serve: $(VENV)/.installed
+	scripts/serve.sh
+
+image:
+	scripts/build-image.sh "$(IMAGE)"
+
+# Docker-dependent tests skip on a laptop without an engine; CI sets CI=true, which
+# turns that skip into a failure (tests/conftest.py).
+test: $(VENV)/.installed
+	if scripts/docker-ready.sh; then $(MAKE) image; fi
+	$(PY) -m pytest
+
+bench: $(VENV)/.installed
+	$(PY) bench/bench.py
+
+bench-quick: $(VENV)/.installed
+	$(PY) bench/bench.py --quick
+
+pins:
+	scripts/compile-pins.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache

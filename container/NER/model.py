@@ -1,0 +1,115 @@
+"""Finding, loading and warming the spaCy pipeline.
+
+Where the model comes from, first match wins:
+1. SPACY_MODEL: an installed package name or a path;
+2. a pipeline in SM_MODEL_DIR (/opt/ml/model, where SageMaker unpacks ModelDataUrl),
+   at its root or in exactly one sub-folder;
+3. SPACY_DEFAULT_MODEL: the pipeline baked into the image.
+"""
+
+import logging
+import os
+
+import spacy
+
+log = logging.getLogger("ner.model")
+
+
+class ModelError(RuntimeError):
+    """The model cannot be served; the message says why in one line."""
+
+
+def is_pipeline_dir(path):
+    """A folder written by `nlp.to_disk` (or a packaged pipeline's data folder)."""
+    return os.path.isfile(os.path.join(path, "config.cfg")) and os.path.isfile(
+        os.path.join(path, "meta.json")
+    )
+
+
+def find_in_model_dir(model_dir):
+    """The pipeline folder inside model_dir, or None when model_dir holds no files at all."""
+    if not os.path.isdir(model_dir):
+        return None
+    if is_pipeline_dir(model_dir):
+        return model_dir
+    entries = [e for e in sorted(os.listdir(model_dir)) if not e.startswith(".")]
+    if not entries:
+        return None
+    candidates = [
+        os.path.join(model_dir, e) for e in entries if is_pipeline_dir(os.path.join(model_dir, e))
+    ]
+    if len(candidates) == 1:
+        return candidates[0]
+    if candidates:
+        raise ModelError(f"{model_dir} holds several spaCy pipelines {candidates}; keep one")
+    # Something was unpacked here on purpose (ModelDataUrl): serving the baked default
+    # instead would hide the mistake, so stop.
+    raise ModelError(
+        f"{model_dir} has files {entries[:5]} but no spaCy pipeline "
+        "(a folder with config.cfg and meta.json, at its root or one level down)"
+    )
+
+
+def resolve(settings):
+    """(what to pass to spacy.load, why that one) by the precedence above."""
+    if settings.spacy_model:
+        return settings.spacy_model, "SPACY_MODEL"
+    found = find_in_model_dir(settings.model_dir)
+    if found:
+        return found, settings.model_dir
+    return settings.default_model, "SPACY_DEFAULT_MODEL"
+
+
+def ner_components(nlp):
+    """The components that entities depend on: those that set doc.ents, and the shared
+    embedding layers (tok2vec, transformer) they listen to. Everything else is disabled.
+
+    For en_core_web_sm this is just `ner`, which embeds with its own internal tok2vec;
+    the shared tok2vec feeds only the tagger and parser.
+    """
+    setters = [n for n in nlp.pipe_names if "doc.ents" in nlp.get_pipe_meta(n).assigns]
+    needed = set(setters)
+    for name, pipe in nlp.pipeline:
+        listeners = getattr(pipe, "listening_components", None) or []
+        if needed.intersection(listeners):
+            needed.add(name)
+    return [n for n in nlp.pipe_names if n in needed]
+
+
+def load(settings):
+    """Load, trim and warm the pipeline; raise ModelError with a one-line reason."""
+    name, source = resolve(settings)
+    if os.sep in name or name.startswith("."):
+        if not os.path.exists(name):
+            raise ModelError(f"model path {name} (from {source}) does not exist")
+        if not is_pipeline_dir(name):
+            raise ModelError(
+                f"model path {name} (from {source}) is not a spaCy pipeline: "
+                "no config.cfg and meta.json"
+            )
+    try:
+        nlp = spacy.load(name)
+    except Exception as e:  # spaCy raises OSError, ValueError, catalogue errors...
+        raise ModelError(f"cannot load spaCy model {name!r} (from {source}): {e}") from None
+
+    ner = ner_components(nlp)
+    if not ner:
+        raise ModelError(
+            f"model {name!r} (from {source}) has no named-entity component "
+            f"(components: {nlp.pipe_names or 'none'})"
+        )
+    if not settings.full_pipeline:
+        nlp.select_pipes(enable=ner)
+
+    # The first call allocates buffers and fills caches; do it here rather than in a
+    # client's request, and before /ping reports ready.
+    list(nlp.pipe(["Warm-up: Apple is looking at buying U.K. startup for $1 billion."]))
+
+    labels = sorted({label for n in ner if hasattr(nlp.get_pipe(n), "labels")
+                     for label in nlp.get_pipe(n).labels})
+    log.info(
+        "model %s_%s %s from %s (%s); running %s; labels %s",
+        nlp.meta.get("lang", "?"), nlp.meta.get("name", "?"), nlp.meta.get("version", "?"),
+        name, source, ",".join(nlp.pipe_names), ",".join(labels),
+    )
+    return nlp

