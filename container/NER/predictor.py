@@ -17,6 +17,8 @@ log = logging.getLogger("ner.predictor")
 
 # SageMaker passes this header through opaquely; echoing it lets clients correlate.
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
+# The same codes nginx.conf uses for the errors it answers itself.
+HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
 def _json_response(status, body):
@@ -68,7 +70,7 @@ def create_app(nlp, settings):
     @app.errorhandler(HTTPException)
     def http_error(e):
         # 404, 405, 413 from Flask itself: same JSON shape as ours, never an HTML page.
-        code = (e.name or "error").lower().replace(" ", "_")
+        code = HTTP_ERROR_CODES.get(e.code) or (e.name or "error").lower().replace(" ", "_")
         response = _json_response(e.code, {"error": {"code": code, "message": e.description}})
         if e.code == 405:
             response.headers["Allow"] = ", ".join(e.valid_methods or [])

@@ -1,0 +1,269 @@
+"""The real `serve` on this host: nginx in front of gunicorn, the real default model.
+
+These drive what SageMaker drives: /ping, /invocations through nginx, SIGTERM, dead
+workers, SAGEMAKER_BIND_TO_PORT, and a model unpacked into /opt/ml/model.
+"""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+import requests
+
+from bad_requests import BAD_REQUESTS, check_error
+from conftest import PROGRAM_DIR, free_port
+
+APPLE = "Apple is looking at buying U.K. startup for $1 billion"
+APPLE_ENTITIES = [
+    {"text": "Apple", "label": "ORG", "start": 0, "end": 5},
+    {"text": "U.K.", "label": "GPE", "start": 27, "end": 31},
+    {"text": "$1 billion", "label": "MONEY", "start": 44, "end": 54},
+]
+# Enough real-model work to keep one worker busy for a few seconds.
+LONG_BATCH = {"texts": [f"{APPLE}, said Tim Cook in London on Monday {i}." for i in range(2500)]}
+
+
+def invoke(server, body, timeout=60, **kwargs):
+    return requests.post(f"{server.url}/invocations", json=body, timeout=timeout, **kwargs)
+
+
+def gunicorn_workers(server):
+    """(master pid, worker pids) of the gunicorn that `serve` started."""
+    masters = [p for p in psutil.Process(server.proc.pid).children()
+               if "gunicorn" in " ".join(p.cmdline())]
+    assert len(masters) == 1, masters
+    return masters[0].pid, sorted(p.pid for p in masters[0].children())
+
+
+def wait_until(condition, timeout, message):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(message)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One server shared by the read-only tests below (starting one costs seconds)."""
+    from conftest import HostServer, wait_for_ping
+    import os
+    tmp = tmp_path_factory.mktemp("serve")
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}:/usr/sbin",
+           "SAGEMAKER_BIND_TO_PORT": str(free_port()), "MODEL_SERVER_WORKERS": "2",
+           "SM_MODEL_DIR": str(tmp / "empty")}
+    s = HostServer(env, tmp / "serve.log")
+    try:
+        wait_for_ping(s.url, proc=s.proc)
+    except AssertionError as e:
+        s.stop()
+        raise AssertionError(f"{e}\n{s.logs()}") from None
+    yield s
+    s.stop()
+
+
+def test_ping_answers_200_with_an_empty_body(server):
+    response = requests.get(f"{server.url}/ping", timeout=2)
+    assert response.status_code == 200 and response.content == b""
+
+
+def test_the_real_model_finds_the_known_entities_through_nginx(server):
+    response = invoke(server, {"text": APPLE})
+    assert response.status_code == 200
+    assert response.json() == {"entities": APPLE_ENTITIES}
+    assert response.headers["Server"] == "nginx"
+
+
+def test_the_blog_posts_request_and_answer(server):
+    response = invoke(server, {"input": APPLE})
+    assert response.json() == {"output": [["Apple", "ORG"], ["U.K.", "GPE"],
+                                          ["$1 billion", "MONEY"]]}
+
+
+def test_a_body_just_under_the_payload_limit_passes_nginx(server):
+    # 6 MiB minus a little: nginx and the app must agree on the same limit. Mostly
+    # whitespace, so the model's time does not matter, only the bytes.
+    limit = 6 * 1024 * 1024
+    body = {"texts": [" " * 900_000] * 6 + [APPLE]}
+    body["texts"][-1] = " " * (limit - 1000 - len(json.dumps(body))) + APPLE
+    assert limit - 1000 <= len(json.dumps(body)) < limit
+    response = invoke(server, body)
+    assert response.status_code == 200, response.text[:300]
+    assert response.json()["results"][-1]["entities"][0]["text"] == "Apple"
+
+
+@pytest.mark.parametrize("name,method,path,headers,body,status,code", BAD_REQUESTS,
+                         ids=[row[0] for row in BAD_REQUESTS])
+def test_a_bad_request_gets_a_json_4xx_through_nginx(
+        server, name, method, path, headers, body, status, code):
+    response = requests.request(method, server.url + path, headers=headers, data=body,
+                                timeout=30)
+    check_error(response.status_code, response.headers, response.content, status, code)
+
+
+def test_after_every_bad_request_the_same_workers_still_answer(server):
+    before = gunicorn_workers(server)
+    for _, method, path, headers, body, _, _ in BAD_REQUESTS:
+        requests.request(method, server.url + path, headers=headers, data=body, timeout=30)
+    assert invoke(server, {"text": APPLE}).json() == {"entities": APPLE_ENTITIES}
+    assert gunicorn_workers(server) == before, "a worker died and was replaced"
+    assert "Traceback" not in server.logs()
+
+
+def test_ping_is_not_access_logged_but_invocations_are(server):
+    for _ in range(3):
+        requests.get(f"{server.url}/ping", timeout=2)
+    invoke(server, {"text": APPLE})
+    logs = server.logs()
+    assert '"POST /invocations HTTP/1.1" 200' in logs
+    assert "GET /ping" not in logs
+
+
+def test_ping_stays_fast_while_every_worker_is_busy(server):
+    """Both workers are given seconds of work; /ping must not wait for them."""
+    busy = [threading.Thread(target=invoke, args=(server, LONG_BATCH)) for _ in range(4)]
+    for t in busy:
+        t.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    waits = []
+    while any(t.is_alive() for t in busy) and len(waits) < 20:
+        t0 = time.monotonic()
+        assert requests.get(f"{server.url}/ping", timeout=2).status_code == 200
+        waits.append(time.monotonic() - t0)
+        time.sleep(0.05)
+    for t in busy:
+        t.join()
+    assert len(waits) >= 5, "the long requests finished too soon to test anything"
+    assert time.monotonic() - started > 1
+    # A ping that queued behind the model would wait seconds; nginx answers in ms. The
+    # bound is loose on purpose: the benchmark measures the real figure.
+    assert max(waits) < 1.0, waits
+
+
+def test_a_killed_worker_is_replaced_and_serving_goes_on(server):
+    master, workers = gunicorn_workers(server)
+    psutil.Process(workers[0]).send_signal(signal.SIGKILL)
+    wait_until(lambda: len(gunicorn_workers(server)[1]) == 2
+               and workers[0] not in gunicorn_workers(server)[1], 30,
+               "gunicorn did not replace the killed worker")
+    assert gunicorn_workers(server)[0] == master
+    for _ in range(4):  # both workers, old and new, answer
+        assert invoke(server, {"text": APPLE}).json() == {"entities": APPLE_ENTITIES}
+
+
+def test_a_request_over_the_timeout_gets_a_json_504_and_the_worker_survives(start_server):
+    server = start_server(MODEL_SERVER_TIMEOUT=1, MODEL_SERVER_WORKERS=1)
+    _, before = gunicorn_workers(server)
+    t0 = time.monotonic()
+    response = invoke(server, LONG_BATCH)
+    assert time.monotonic() - t0 < 10
+    check_error(response.status_code, response.headers, response.content, 504, "model_timeout")
+    # Once the worker is done with the abandoned request, it serves the next one.
+    wait_until(lambda: invoke(server, {"text": APPLE}).status_code == 200, 60,
+               "the worker never came back")
+    assert gunicorn_workers(server)[1] == before
+
+
+def test_sagemaker_bind_to_port_moves_the_server(start_server):
+    port = free_port()
+    server = start_server(SAGEMAKER_BIND_TO_PORT=port, MODEL_SERVER_WORKERS=1)
+    assert server.port == port
+    assert requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200
+    assert "nginx on port %d" % port in server.logs()
+
+
+def test_a_model_in_the_model_dir_takes_precedence_over_the_baked_one(start_server, tmp_path,
+                                                                       tiny_model):
+    model_dir = tmp_path / "opt-ml-model"
+    shutil.copytree(tiny_model, model_dir / "model")  # as unpacked from model.tar.gz
+    server = start_server(SM_MODEL_DIR=model_dir, MODEL_SERVER_WORKERS=1)
+    entities = invoke(server, {"text": "Alice works at Acme in Paris."}).json()["entities"]
+    assert [(e["text"], e["label"]) for e in entities] == [
+        ("Alice", "PERSON"), ("Acme", "ORG"), ("Paris", "GPE")]
+    # The tiny model knows no MONEY: the real model is not the one answering.
+    assert "MONEY" not in invoke(server, {"text": APPLE}).text
+    assert f"tiny_test_ner 0.0.1 from {model_dir / 'model'}" in server.logs()
+
+
+def test_ping_says_503_until_the_model_is_loaded(start_server):
+    server = start_server(wait=False, MODEL_SERVER_WORKERS=1)
+    statuses = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and 200 not in statuses:
+        try:
+            statuses.append(requests.get(f"{server.url}/ping", timeout=2).status_code)
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.02)
+    assert statuses[0] == 503 and statuses[-1] == 200, statuses[:5]
+    assert set(statuses) == {503, 200}
+
+
+def test_sigterm_lets_the_request_in_flight_finish_then_exits_within_30_s(start_server):
+    server = start_server(MODEL_SERVER_WORKERS=1)
+    result = {}
+
+    def long_request():
+        result["response"] = invoke(server, LONG_BATCH)
+
+    client = threading.Thread(target=long_request)
+    client.start()
+    time.sleep(1.0)  # the request is now in the worker
+    t0 = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    server.proc.wait(timeout=30)
+    client.join()
+    assert time.monotonic() - t0 < 30
+    assert server.proc.returncode == 0, server.logs()
+    response = result["response"]
+    assert response.status_code == 200
+    assert len(response.json()["results"]) == len(LONG_BATCH["texts"])
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{server.url}/ping", timeout=2)
+    assert not [p for p in psutil.process_iter(["cmdline"])
+                if str(server.port) in " ".join(p.info["cmdline"] or [])]
+
+
+def test_serve_exits_when_nginx_dies(start_server):
+    server = start_server(MODEL_SERVER_WORKERS=1)
+    nginx = [p for p in psutil.Process(server.proc.pid).children() if p.name() == "nginx"]
+    gunicorn_master, _ = gunicorn_workers(server)
+    nginx[0].kill()
+    assert server.proc.wait(timeout=30) == 1
+    assert not psutil.pid_exists(gunicorn_master) or \
+        psutil.Process(gunicorn_master).status() == psutil.STATUS_ZOMBIE
+    assert "nginx exited" in server.logs()
+
+
+def run_serve(env_extra, tmp_path):
+    """Run serve to completion (for start-ups that must fail) and return (code, output)."""
+    import os
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}:/usr/sbin",
+           "SAGEMAKER_BIND_TO_PORT": str(free_port()), "SM_MODEL_DIR": str(tmp_path / "none"),
+           "MODEL_SERVER_WORKERS": "1", **env_extra}
+    done = subprocess.run([sys.executable, str(PROGRAM_DIR / "serve")], env=env, timeout=60,
+                          capture_output=True, text=True)
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_a_bad_setting_stops_start_up_with_one_clear_line(tmp_path):
+    code, output = run_serve({"MODEL_SERVER_WORKERS": "lots"}, tmp_path)
+    assert code == 2
+    assert "cannot start: MODEL_SERVER_WORKERS='lots' is not a whole number" in output
+
+
+def test_a_model_without_ner_stops_start_up_with_one_clear_line(tmp_path):
+    import spacy
+    spacy.blank("en").to_disk(tmp_path / "blank")
+    code, output = run_serve({"SPACY_MODEL": str(tmp_path / "blank")}, tmp_path)
+    assert code != 0
+    assert f"cannot start: model '{tmp_path / 'blank'}' (from SPACY_MODEL) has no " \
+           "named-entity component" in output
