@@ -109,24 +109,36 @@ class HostServer:
         self.log.close()
 
 
+def serve_env(tmp_path, **extra):
+    """The environment for `serve` on this host: the venv's bin first (serve finds
+    gunicorn beside the interpreter that runs it), nginx from /usr/sbin, a free port,
+    2 workers, no /opt/ml/model; `extra` overrides any of it."""
+    path = f"{Path(sys.executable).parent}:{os.environ['PATH']}:/usr/sbin"
+    return {**os.environ, "PATH": path, "SAGEMAKER_BIND_TO_PORT": str(free_port()),
+            "MODEL_SERVER_WORKERS": "2", "SM_MODEL_DIR": str(tmp_path / "no-model-dir"),
+            **{k: str(v) for k, v in extra.items()}}
+
+
+def start_host_server(env, log_path, wait=True):
+    server = HostServer(env, log_path)
+    if wait:
+        try:
+            wait_for_ping(server.url, proc=server.proc)
+        except AssertionError as e:
+            server.stop()
+            raise AssertionError(f"{e}\n--- serve log ---\n{server.logs()}") from None
+    return server
+
+
 @pytest.fixture
 def start_server(tmp_path):
     """Start `serve` with extra environment; waits for /ping unless wait=False."""
     servers = []
-    # The venv's bin first: `serve` finds gunicorn beside the interpreter that runs it.
-    path = f"{Path(sys.executable).parent}:{os.environ['PATH']}:/usr/sbin"
 
     def start(wait=True, **env):
-        full = {**os.environ, "PATH": path, "SAGEMAKER_BIND_TO_PORT": str(free_port()),
-                "MODEL_SERVER_WORKERS": "2", "SM_MODEL_DIR": str(tmp_path / "no-model-dir"),
-                **{k: str(v) for k, v in env.items()}}
-        server = HostServer(full, tmp_path / f"serve-{len(servers)}.log")
+        server = start_host_server(serve_env(tmp_path, **env),
+                                   tmp_path / f"serve-{len(servers)}.log", wait)
         servers.append(server)
-        if wait:
-            try:
-                wait_for_ping(server.url, proc=server.proc)
-            except AssertionError as e:
-                raise AssertionError(f"{e}\n--- serve log ---\n{server.logs()}") from None
         return server
 
     yield start

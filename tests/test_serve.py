@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from bad_requests import BAD_REQUESTS, check_error
-from conftest import PROGRAM_DIR, free_port
+from conftest import PROGRAM_DIR, free_port, serve_env, start_host_server
 
 APPLE = "Apple is looking at buying U.K. startup for $1 billion"
 APPLE_ENTITIES = [
@@ -53,18 +53,8 @@ def wait_until(condition, timeout, message):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """One server shared by the read-only tests below (starting one costs seconds)."""
-    from conftest import HostServer, wait_for_ping
-    import os
     tmp = tmp_path_factory.mktemp("serve")
-    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}:/usr/sbin",
-           "SAGEMAKER_BIND_TO_PORT": str(free_port()), "MODEL_SERVER_WORKERS": "2",
-           "SM_MODEL_DIR": str(tmp / "empty")}
-    s = HostServer(env, tmp / "serve.log")
-    try:
-        wait_for_ping(s.url, proc=s.proc)
-    except AssertionError as e:
-        s.stop()
-        raise AssertionError(f"{e}\n{s.logs()}") from None
+    s = start_host_server(serve_env(tmp), tmp / "serve.log")
     yield s
     s.stop()
 
@@ -245,12 +235,9 @@ def test_serve_exits_when_nginx_dies(start_server):
 
 def run_serve(env_extra, tmp_path):
     """Run serve to completion (for start-ups that must fail) and return (code, output)."""
-    import os
-    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}:/usr/sbin",
-           "SAGEMAKER_BIND_TO_PORT": str(free_port()), "SM_MODEL_DIR": str(tmp_path / "none"),
-           "MODEL_SERVER_WORKERS": "1", **env_extra}
-    done = subprocess.run([sys.executable, str(PROGRAM_DIR / "serve")], env=env, timeout=60,
-                          capture_output=True, text=True)
+    done = subprocess.run([sys.executable, str(PROGRAM_DIR / "serve")],
+                          env=serve_env(tmp_path, **{"MODEL_SERVER_WORKERS": 1, **env_extra}),
+                          timeout=60, capture_output=True, text=True)
     return done.returncode, done.stdout + done.stderr
 
 
