@@ -3,21 +3,28 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 VENV := .venv
 PY := $(VENV)/bin/python
+# The notebook's own environment: the SageMaker SDK pins conflict with the serving pins.
+NB_VENV := .venv-notebook
 # The image `make image` builds and the container tests run.
 IMAGE ?= spacy-ner-sagemaker:local
 export IMAGE
 
-.PHONY: help serve test image bench bench-quick pins clean
+.PHONY: help serve test image notebook bench bench-quick pins clean
 
 help:
 	@echo "make serve   serve the model on port 8080 (in the image when Docker answers, else on the host)"
 	@echo "make test    run every test (the image's too when Docker answers)"
 	@echo "make image   build the serving image ($(IMAGE))"
+	@echo "make notebook  run notebook.ipynb in local mode (no AWS account) into notebook.out.ipynb"
 	@echo "make bench   measure serving against in-process spaCy; writes bench/results/"
 	@echo "make pins    recompile the pinned requirement files after editing a *.in file"
 
 $(VENV)/.installed: requirements-dev.txt container/model-requirements.txt scripts/setup-host.sh
 	scripts/setup-host.sh
+	touch $@
+
+$(NB_VENV)/.installed: requirements-notebook.txt scripts/setup-notebook.sh
+	scripts/setup-notebook.sh
 	touch $@
 
 serve: $(VENV)/.installed
@@ -28,9 +35,13 @@ image:
 
 # Docker-dependent tests skip on a laptop without an engine; CI sets CI=true, which
 # turns that skip into a failure (tests/conftest.py).
-test: $(VENV)/.installed
+test: $(VENV)/.installed $(NB_VENV)/.installed
 	if scripts/docker-ready.sh; then $(MAKE) image; fi
 	$(PY) -m pytest
+
+notebook: $(NB_VENV)/.installed image
+	$(NB_VENV)/bin/papermill notebook.ipynb notebook.out.ipynb -k python3 \
+		-p LOCAL_MODE True -p IMAGE_URI "$(IMAGE)"
 
 bench: $(VENV)/.installed
 	$(PY) bench/bench.py
@@ -42,4 +53,4 @@ pins:
 	scripts/compile-pins.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(NB_VENV) .pytest_cache notebook.out.ipynb

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Recompile the pinned requirement files, with hashes, from their *.in files.
-# PIP_CONFIG_FILE=/dev/null: only PyPI's files count, never a machine's local wheel
-# folder, so the hashes match what a Docker build downloads.
+# PIP_CONFIG_FILE=/dev/null and no PIP_FIND_LINKS: only PyPI's files count, never a
+# machine's local wheel folder, so the hashes match what a Docker build downloads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools=$(mktemp -d)
@@ -9,7 +9,7 @@ trap 'rm -rf "$tools"' EXIT
 python3 -m venv "$tools"
 "$tools/bin/pip" install --quiet pip-tools==7.5.2
 compile() {
-    PIP_CONFIG_FILE=/dev/null "$tools/bin/pip-compile" --quiet --generate-hashes \
+    env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null "$tools/bin/pip-compile" --quiet --generate-hashes \
         --allow-unsafe --strip-extras --no-emit-index-url -o "$2" "$1"
 }
 compile container/requirements.in container/requirements.txt

@@ -1,0 +1,149 @@
+"""notebook.ipynb run headless with papermill, top to bottom, from .venv-notebook:
+- LOCAL_MODE=True against the real image, served by the SageMaker SDK's local mode in
+  Docker: the invoke cells must show the real model's entities, and no container may be
+  left running;
+- LOCAL_MODE=False against a moto server (and a local registry for the push): every ECR,
+  SageMaker, S3 and STS request the notebook makes must be accepted, and clean-up must
+  leave nothing behind."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import uuid
+
+import pytest
+
+from conftest import ROOT, free_port
+from aws_local import (  # noqa: F401 (fixtures)
+    build_env, local_registry, moto_server, private_docker_config)
+
+NOTEBOOK = ROOT / "notebook.ipynb"
+NOTEBOOK_VENV = ROOT / ".venv-notebook"
+PAPERMILL = NOTEBOOK_VENV / "bin" / "papermill"
+IMAGE_NAME = "spacy-ner-sagemaker"
+# The SDK's local mode puts every container it starts on this Docker network.
+SDK_NETWORK = "sagemaker-local"
+
+
+@pytest.fixture(scope="module")
+def papermill():
+    if not PAPERMILL.exists():
+        pytest.fail(f"{PAPERMILL} is missing; run scripts/setup-notebook.sh")
+    return PAPERMILL
+
+
+def execute(papermill, out, env, **parameters):
+    """Run the notebook; return its output as text (every stream, plain text and HTML)."""
+    command = [str(papermill), str(NOTEBOOK), str(out), "-k", "python3", "--cwd", str(ROOT),
+               "--no-progress-bar", "--log-output"]
+    for name, value in parameters.items():
+        command += ["-p", name, str(value)]
+    # The kernel is the interpreter papermill runs under: .venv-notebook's.
+    env = {**env, "PATH": f"{NOTEBOOK_VENV / 'bin'}:{env['PATH']}"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"notebook failed:\n{result.stderr[-6000:]}"
+    return outputs_text(json.loads(out.read_text()))
+
+
+def outputs_text(notebook):
+    parts = []
+    for cell in notebook["cells"]:
+        for output in cell.get("outputs", []):
+            parts.append("".join(output.get("text", "")))
+            data = output.get("data", {})
+            for kind in ("text/plain", "text/html"):
+                parts.append("".join(data.get(kind, "")))
+    return "\n".join(parts)
+
+
+def entity(text, label, span=r"\d+-\d+"):
+    """A line the notebook's show_entities prints."""
+    return re.compile(rf"^{re.escape(text)}\s+{label}\s+{span}(?!\d)", re.MULTILINE)
+
+
+def sdk_containers(docker, all_states=False):
+    command = [docker, "ps", "-q", "--filter", f"network={SDK_NETWORK}"]
+    if all_states:
+        command.insert(2, "-a")
+    return set(subprocess.run(command, capture_output=True, text=True).stdout.split())
+
+
+def local_env():
+    """No AWS credentials and no instance-metadata lookups: local mode needs neither, and
+    the SDK would hand any credentials it finds to the container."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE=os.devnull,
+               AWS_SHARED_CREDENTIALS_FILE=os.devnull)
+    return env
+
+
+def test_local_mode_runs_top_to_bottom_against_the_real_image(papermill, docker, image,
+                                                              tmp_path):
+    if not (shutil.which("docker-compose") or subprocess.run(
+            [docker, "compose", "version"], capture_output=True).returncode == 0):
+        pytest.fail("the SDK's local mode needs docker compose; run scripts/setup-notebook.sh")
+    before = sdk_containers(docker, all_states=True)
+    try:
+        # The prebuilt image (IMAGE_URI) spares a rebuild; the build cell's script is
+        # tested with the real build in test_build_and_push.py.
+        text = execute(papermill, tmp_path / "local.ipynb", local_env(),
+                       LOCAL_MODE=True, IMAGE_URI=image, LOCAL_PORT=free_port())
+        # Every endpoint was deleted, and deleting stopped its container.
+        assert sdk_containers(docker) & (sdk_containers(docker, all_states=True) - before) == set()
+    finally:
+        started = sdk_containers(docker, all_states=True) - before
+        if started:
+            subprocess.run([docker, "rm", "-f", *started], capture_output=True)
+
+    # One text, with character offsets.
+    assert entity("Apple", "ORG", "0-5").search(text), text
+    assert entity("U.K.", "GPE", "27-31").search(text), text
+    # The batch: one result per text, in order.
+    assert entity("San Francisco", "GPE").search(text), text
+    assert entity("London", "GPE").search(text), text
+    # The blog post's format.
+    assert re.search(r"\['America', 'GPE'\]", text), text
+    # displaCy's markup, rendered as HTML.
+    assert re.search(r'<mark class="entity"[^>]*>\s*Apple', text), text
+    # The own pipeline from model.tar.gz answered, not the baked-in one.
+    assert entity("SageMaker", "AWS_SERVICE").search(text), text
+    assert entity("Amazon S3", "AWS_SERVICE").search(text), text
+    # The serverless variant (local mode: the same container with one worker).
+    assert entity("Cupertino", "GPE").search(text), text
+    assert len(re.findall(r"^deleted \S+-endpoint-\S+ ", text, re.MULTILINE)) == 3, text
+
+
+def test_aws_mode_requests_are_valid_and_clean_up_leaves_nothing(
+        papermill, docker, moto_server, local_registry, tmp_path):
+    # The build cell runs build_and_push.sh for real: moto answers its ECR and STS calls,
+    # the local registry takes the push (REGISTRY), the build reuses `make image`'s cache.
+    env = {**moto_server.env(), **build_env(), "REGISTRY": local_registry.host,
+           "DOCKER_CONFIG": private_docker_config(tmp_path)}
+    tag = f"nb-{uuid.uuid4().hex[:8]}"
+    try:
+        text = execute(papermill, tmp_path / "aws.ipynb", env, LOCAL_MODE=False,
+                       IMAGE_NAME=IMAGE_NAME, IMAGE_TAG=tag,
+                       ROLE_ARN="arn:aws:iam::123456789012:role/spacy-ner-test")
+    finally:
+        subprocess.run([docker, "rmi", f"{IMAGE_NAME}:{tag}",
+                        f"{local_registry.host}/{IMAGE_NAME}:{tag}"], capture_output=True)
+
+    # The image was pushed and the models used its URI.
+    assert tag in local_registry.tags(IMAGE_NAME)
+    assert f"image: {local_registry.host}/{IMAGE_NAME}:{tag}" in text
+    assert [r["repositoryName"] for r in
+            moto_server.client("ecr").describe_repositories()["repositories"]] == [IMAGE_NAME]
+    # Three endpoints went InService (main, own pipeline, serverless)...
+    assert len(re.findall(r"-endpoint-\S+ InService\b", text)) == 3, text
+    assert "left over: nothing" in text
+    # ...and nothing is left of them, nor of the uploaded model.tar.gz.
+    sm = moto_server.client("sagemaker")
+    assert sm.list_endpoints()["Endpoints"] == []
+    assert sm.list_endpoint_configs()["EndpointConfigs"] == []
+    assert sm.list_models()["Models"] == []
+    s3 = moto_server.client("s3")
+    [bucket] = [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    assert bucket == "sagemaker-us-east-1-123456789012"
+    assert s3.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
