@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Make a Docker engine and a local base image available on a fresh Debian machine (as
+# root), for building and testing the serving image where no registry can be pulled from.
+#
+#   eval "$(scripts/ci-docker.sh)"     # or: source scripts/ci-docker.sh
+#
+# Both export BASE_IMAGE (a local Debian bookworm image with python3 and python3-venv),
+# PIP_CERT (the host's CA bundle, for pip behind a TLS-intercepting proxy) and DOCKER (a
+# client with BuildKit), which scripts/build-image.sh reads. Progress goes to stderr;
+# stdout carries only the export lines. Idempotent: a second run only checks.
+
+# Sourced: run this file as a child (so its errexit holds and nothing leaks into the
+# caller's shell options), then take over its exports.
+if [[ "${BASH_SOURCE[0]}" != "$0" ]]; then
+    _ci_docker_env=$(bash "${BASH_SOURCE[0]}") || {
+        echo "ci-docker.sh: failed (see above)" >&2
+        unset _ci_docker_env
+        return 1
+    }
+    eval "$_ci_docker_env"
+    unset _ci_docker_env
+    return 0
+fi
+
+set -euo pipefail
+
+[ $# -eq 0 ] || { echo "usage: eval \"\$($0)\"   (or: source $0)" >&2; exit 2; }
+die() { echo "ci-docker.sh: $*" >&2; exit 1; }
+say() { echo "ci-docker.sh: $*" >&2; }
+
+BASE_IMAGE=${BASE_IMAGE:-spacy-ner-base:bookworm}
+PIP_CERT=${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}
+DOCKERD_LOG=${DOCKERD_LOG:-/var/log/dockerd-ci.log}
+# Packages the image's Dockerfile needs from its base; nothing else is in the base.
+BASE_PACKAGES=python3,python3-venv,ca-certificates
+MIRROR=http://deb.debian.org/debian
+SECURITY_MIRROR=http://deb.debian.org/debian-security
+
+apt_updated=''
+apt_install() {
+    [ "$(id -u)" -eq 0 ] || die "must run as root to install $* (apt-get)"
+    if [ -z "$apt_updated" ]; then
+        apt-get update -qq >&2 || die "apt-get update failed"
+        apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2 ||
+        die "apt-get install $* failed"
+}
+
+engine_answers() { command -v docker >/dev/null && docker info >/dev/null 2>&1; }
+
+start_engine() {
+    if ! command -v dockerd >/dev/null; then
+        say "installing Debian's docker.io"
+        apt_install docker.io
+    fi
+    say "starting dockerd (log: $DOCKERD_LOG)"
+    nohup dockerd >"$DOCKERD_LOG" 2>&1 &
+    local waited=0
+    until engine_answers; do
+        kill -0 $! 2>/dev/null || die "dockerd exited at start; last lines of $DOCKERD_LOG:
+$(tail -n 20 "$DOCKERD_LOG")"
+        [ "$waited" -lt 60 ] || die "dockerd did not answer docker info within 60 s; see $DOCKERD_LOG"
+        sleep 1
+        waited=$((waited + 1))
+    done
+}
+
+# The first docker client with BuildKit: buildx, or a classic client (before 23.0) with
+# BuildKit built in. Newer clients without buildx only have the legacy builder.
+buildkit_client() {
+    local candidate version
+    for candidate in "$(command -v docker || true)" /usr/bin/docker; do
+        [[ -n $candidate && -x $candidate ]] || continue
+        if [[ $("$candidate" buildx version 2>/dev/null || true) == *buildx* ]]; then
+            echo "$candidate"
+            return
+        fi
+        version=$("$candidate" version --format '{{.Client.Version}}' 2>/dev/null) || continue
+        case $version in
+            18.09* | 19.* | 20.* | 21.* | 22.*) echo "$candidate"; return ;;
+        esac
+    done
+    return 1
+}
+
+make_base_image() {
+    command -v mmdebstrap >/dev/null || { say "installing mmdebstrap"; apt_install mmdebstrap; }
+    local tmp
+    tmp=$(mktemp -d)
+    # shellcheck disable=SC2064  # expand now: tmp is local
+    trap "rm -rf '$tmp'" EXIT
+    say "making $BASE_IMAGE with mmdebstrap (about 20 s)"
+    # The image's apt sources are these lines, so security updates reach the final stage.
+    # Slim like Debian's own slim images: no docs, man pages or translations (the
+    # exclusion stays in the image's dpkg config, so nginx installed later is slim too),
+    # and merged /usr set up by mmdebstrap's hook instead of the usrmerge package, which
+    # would pull in all of perl.
+    mmdebstrap --quiet --variant=minbase --include="$BASE_PACKAGES" \
+        --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
+        --dpkgopt='path-exclude=/usr/share/doc/*' \
+        --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+        --dpkgopt='path-exclude=/usr/share/man/*' \
+        --dpkgopt='path-exclude=/usr/share/info/*' \
+        --dpkgopt='path-exclude=/usr/share/locale/*' \
+        bookworm "$tmp/base.tar" \
+        "deb $MIRROR bookworm main" \
+        "deb $MIRROR bookworm-updates main" \
+        "deb $SECURITY_MIRROR bookworm-security main" >&2 ||
+        die "mmdebstrap failed to make the base file system"
+    docker import --change 'CMD ["/bin/bash"]' "$tmp/base.tar" "$BASE_IMAGE" >&2 ||
+        die "docker import of the base file system failed"
+}
+
+engine_answers || start_engine
+say "Docker engine answers ($(docker version --format '{{.Server.Version}}'))"
+
+DOCKER=$(buildkit_client) || die "no docker client with BuildKit (buildx, or a client before 23.0)"
+
+if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+    say "base image $BASE_IMAGE exists"
+else
+    make_base_image
+fi
+
+[ -r "$PIP_CERT" ] || die "CA bundle $PIP_CERT is missing"
+
+printf 'export BASE_IMAGE=%q\nexport PIP_CERT=%q\nexport DOCKER=%q\n' \
+    "$BASE_IMAGE" "$PIP_CERT" "$DOCKER"

@@ -1,0 +1,326 @@
+"""The serving image as SageMaker runs it: `docker run IMAGE serve` on a real Docker engine.
+
+`make image` (scripts/build-image.sh) builds the image before pytest runs; the `image`
+fixture fails when it is missing. Every container is started on 127.0.0.1 and removed
+afterwards. One default container is shared by the tests that only send requests; the
+others start their own because they change how the container runs.
+"""
+
+import json
+import os
+import re
+import subprocess
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import spacy
+
+from bad_requests import BAD_REQUESTS, check_error
+from conftest import TRAIN, free_port
+
+APPLE = "Apple is looking at buying U.K. startup for $1 billion"
+APPLE_ENTITIES = [
+    {"text": "Apple", "label": "ORG", "start": 0, "end": 5},
+    {"text": "U.K.", "label": "GPE", "start": 27, "end": 31},
+    {"text": "$1 billion", "label": "MONEY", "start": 44, "end": 54},
+]
+# Enough real-model work to keep the one worker busy for several seconds.
+LONG_BATCH = {"texts": [f"{APPLE}, said Tim Cook in London on Monday {i}." for i in range(1200)]}
+# The bundle the build got as the pip_cert secret (scripts/ci-docker.sh exports PIP_CERT).
+CA_BUNDLE = Path(os.environ.get("PIP_CERT") or "/etc/ssl/certs/ca-certificates.crt")
+MAX_IMAGE_BYTES = 450 * 1000 * 1000
+
+
+class Container:
+    """A detached `docker run` of the image, reachable on a free 127.0.0.1 port."""
+
+    def __init__(self, docker, image, run_args=(), command=(), inner_port=8080):
+        self.docker = docker
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.id = self._docker("run", "-d", "-p", f"127.0.0.1:{self.port}:{inner_port}",
+                               *run_args, image, *command).stdout.strip()
+
+    def _docker(self, *args, timeout=60):
+        result = subprocess.run([self.docker, *args], capture_output=True, text=True,
+                                timeout=timeout)
+        if result.returncode:
+            raise AssertionError(f"docker {' '.join(args)} failed: {result.stderr.strip()}")
+        return result
+
+    def logs(self):
+        result = subprocess.run([self.docker, "logs", self.id], capture_output=True, text=True)
+        return result.stdout + result.stderr
+
+    def running(self):
+        state = self._docker("inspect", "-f", "{{.State.Running}}", self.id).stdout
+        return state.strip() == "true"
+
+    def wait_ready(self, timeout=120):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{self.url}/ping", timeout=2).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                pass
+            if not self.running():
+                raise AssertionError(f"container exited before /ping answered:\n{self.logs()}")
+            time.sleep(0.2)
+        raise AssertionError(f"/ping did not answer 200 within {timeout} s:\n{self.logs()}")
+
+    def invoke(self, body, timeout=60):
+        return requests.post(f"{self.url}/invocations", json=body, timeout=timeout)
+
+    def exec(self, *command):
+        return self._docker("exec", self.id, *command).stdout
+
+    def remove(self):
+        subprocess.run([self.docker, "rm", "-f", self.id], capture_output=True)
+
+
+@pytest.fixture
+def start_container(docker, image):
+    """Start containers of the image (ready unless wait=False); all removed afterwards."""
+    started = []
+
+    def start(run_args=(), command=("serve",), inner_port=8080, wait=True):
+        container = Container(docker, image, run_args, command, inner_port)
+        started.append(container)
+        return container.wait_ready() if wait else container
+
+    yield start
+    for container in started:
+        container.remove()
+
+
+@pytest.fixture(scope="module")
+def served(docker, image):
+    """The image run as SageMaker runs it: `docker run IMAGE serve`, shared by this module."""
+    container = Container(docker, image, command=("serve",))
+    try:
+        yield container.wait_ready()
+    finally:
+        container.remove()
+
+
+def inspect_image(docker, image):
+    out = subprocess.run([docker, "image", "inspect", image], capture_output=True, text=True,
+                         check=True).stdout
+    return json.loads(out)[0]
+
+
+# --- the image as SageMaker runs it -------------------------------------------------
+
+def test_serve_answers_ping_with_200_and_an_empty_body(served):
+    response = requests.get(f"{served.url}/ping", timeout=2)
+    assert response.status_code == 200
+    assert response.content == b""
+
+
+def test_the_baked_model_finds_the_known_entities_with_their_offsets(served):
+    response = served.invoke({"text": APPLE})
+    assert response.status_code == 200
+    assert response.json() == {"entities": APPLE_ENTITIES}
+    assert "SPACY_DEFAULT_MODEL" in served.logs()  # the baked pipeline, not a mounted one
+
+
+def test_a_batch_gets_one_result_per_text_in_order(served):
+    texts = ["Angela Merkel visited Paris on Monday.", APPLE]
+    results = served.invoke({"texts": texts}).json()["results"]
+    assert results[1] == {"entities": APPLE_ENTITIES}
+    first = {(e["text"], e["label"]) for e in results[0]["entities"]}
+    assert {("Angela Merkel", "PERSON"), ("Paris", "GPE"), ("Monday", "DATE")} <= first
+
+
+def test_the_blog_posts_request_gets_its_answer_format(served):
+    response = served.invoke({"input": APPLE})
+    assert response.status_code == 200
+    assert response.json() == {"output": [["Apple", "ORG"], ["U.K.", "GPE"],
+                                          ["$1 billion", "MONEY"]]}
+
+
+@pytest.mark.parametrize("name,method,path,headers,body,status,code", BAD_REQUESTS,
+                         ids=[row[0] for row in BAD_REQUESTS])
+def test_a_bad_request_gets_a_json_4xx_through_the_container(
+        served, name, method, path, headers, body, status, code):
+    response = requests.request(method, served.url + path, headers=headers, data=body,
+                                timeout=30)
+    check_error(response.status_code, response.headers, response.content, status, code)
+
+
+def test_no_bad_request_left_a_traceback_in_the_container_log(served):
+    for _, method, path, headers, body, _, _ in BAD_REQUESTS:
+        requests.request(method, served.url + path, headers=headers, data=body, timeout=30)
+    assert served.invoke({"text": APPLE}).json() == {"entities": APPLE_ENTITIES}
+    assert "Traceback" not in served.logs()
+
+
+# --- ways of running it ------------------------------------------------------------
+
+def test_docker_run_without_a_command_serves_too(start_container):
+    container = start_container(command=())
+    assert container.invoke({"text": APPLE}).json() == {"entities": APPLE_ENTITIES}
+
+
+def test_a_tiny_model_mounted_at_opt_ml_model_replaces_the_baked_one(start_container,
+                                                                     tiny_model):
+    container = start_container(run_args=("-v", f"{tiny_model}:/opt/ml/model:ro"))
+    tiny = spacy.load(tiny_model)
+    for text, _ in TRAIN[:3] + [(APPLE, None)]:
+        expected = [{"text": e.text, "label": e.label_, "start": e.start_char,
+                     "end": e.end_char} for e in tiny(text).ents]
+        assert container.invoke({"text": text}).json() == {"entities": expected}, text
+    labels = {e["label"] for e in container.invoke({"text": APPLE}).json()["entities"]}
+    assert labels <= {"PERSON", "ORG", "GPE"}  # never the baked model's MONEY
+    logs = container.logs()
+    assert "from /opt/ml/model" in logs and "tiny_test_ner" in logs, logs
+
+
+def test_sagemaker_bind_to_port_moves_the_server(start_container):
+    closed_port = free_port()
+    container = start_container(
+        run_args=("-e", "SAGEMAKER_BIND_TO_PORT=9090", "-p", f"127.0.0.1:{closed_port}:8080"),
+        inner_port=9090)
+    assert container.invoke({"text": APPLE}).json() == {"entities": APPLE_ENTITIES}
+    with pytest.raises(requests.ConnectionError):  # nothing listens on 8080 any more
+        requests.get(f"http://127.0.0.1:{closed_port}/ping", timeout=2)
+
+
+def test_it_serves_as_a_user_that_is_not_root_on_a_read_only_root(start_container):
+    container = start_container(run_args=("--user", "1000:1000", "--read-only",
+                                          "--tmpfs", "/tmp"))
+    assert container.invoke({"text": APPLE}).json() == {"entities": APPLE_ENTITIES}
+    uids = container.exec("sh", "-c", "grep -h '^Uid:' /proc/[0-9]*/status 2>/dev/null || true")
+    assert uids and all(line.split()[1] == "1000" for line in uids.splitlines()), uids
+    commands = container.exec("sh", "-c", "cat /proc/[0-9]*/comm 2>/dev/null || true")
+    assert "nginx" in commands.split()
+
+
+def test_sigterm_lets_the_request_in_flight_finish_then_the_container_exits_0(
+        start_container, docker):
+    container = start_container(run_args=("-e", "MODEL_SERVER_WORKERS=1"))
+    result = {}
+
+    def long_request():
+        result["response"] = container.invoke(LONG_BATCH, timeout=60)
+        result["answered"] = time.monotonic()
+
+    client = threading.Thread(target=long_request)
+    client.start()
+    time.sleep(1.5)  # the request is now in the worker
+    signalled = time.monotonic()
+    subprocess.run([docker, "kill", "-s", "TERM", container.id], check=True, capture_output=True)
+    status = subprocess.run([docker, "wait", container.id], capture_output=True, text=True,
+                            timeout=35, check=True).stdout.strip()
+    exited = time.monotonic()
+    client.join(timeout=30)
+    assert result.get("answered", 0) > signalled, "the request was not in flight at SIGTERM"
+    response = result["response"]
+    assert response.status_code == 200
+    assert len(response.json()["results"]) == len(LONG_BATCH["texts"])
+    assert exited - signalled < 30
+    assert status == "0", container.logs()
+
+
+# --- what is in the image ----------------------------------------------------------
+
+def test_the_image_carries_what_sagemaker_checks(docker, image):
+    info = inspect_image(docker, image)
+    config = info["Config"]
+    assert config["Labels"]["com.amazonaws.sagemaker.capabilities.accept-bind-to-port"] == "true"
+    assert "8080/tcp" in config["ExposedPorts"]
+    assert info["Architecture"] == "amd64" and info["Os"] == "linux"
+    assert info["Size"] <= MAX_IMAGE_BYTES, f"image is {info['Size'] / 1e6:.0f} MB"
+
+
+def test_serve_is_an_executable_on_path_and_no_build_tools_are_left(docker, image):
+    out = subprocess.run(
+        [docker, "run", "--rm", image, "sh", "-c",
+         'command -v serve; stat -c %a "$(command -v serve)"; '
+         "for tool in gcc cc strip pip pip3; do command -v $tool || true; done"],
+        capture_output=True, text=True, check=True, timeout=60).stdout.split()
+    assert out[:2] == ["/opt/program/serve", "755"], out
+    assert out[2:] == [], f"build tools in the final image: {out[2:]}"
+
+
+def private_certificates():
+    """Base64 lines of the CAs in CA_BUNDLE that are not Debian's own (the proxy's):
+    text that only a leaked copy of the pip_cert secret would put into the image."""
+    pem = re.compile(r"-----BEGIN CERTIFICATE-----\n(.*?)-----END CERTIFICATE-----", re.S)
+    debian = set()
+    for crt in Path("/usr/share/ca-certificates").rglob("*.crt"):
+        debian.update(pem.findall(crt.read_text(errors="replace")))
+    needles = []
+    for body in pem.findall(CA_BUNDLE.read_text(errors="replace")):
+        if body not in debian:
+            lines = [line for line in body.splitlines() if len(line) == 64]
+            needles += [line.encode() for line in lines[len(lines) // 2:][:2]]
+    return needles
+
+
+def layer_files(docker, image):
+    """(layer, path, content) of every file in every layer of the image, deleted ones too."""
+    save = subprocess.Popen([docker, "save", image], stdout=subprocess.PIPE)
+    try:
+        with tarfile.open(fileobj=save.stdout, mode="r|") as archive:
+            for member in archive:
+                if not member.isfile() or not (member.name.endswith("layer.tar")
+                                               or member.name.startswith("blobs/")):
+                    continue
+                try:
+                    with tarfile.open(fileobj=archive.extractfile(member), mode="r|*") as layer:
+                        for entry in layer:
+                            if entry.isfile():
+                                yield member.name, entry.name, layer.extractfile(entry).read()
+                except tarfile.TarError:
+                    continue  # a config or manifest blob, not a layer
+        assert save.wait(timeout=60) == 0, "docker save failed"
+    finally:  # also when the caller stops early, at the first finding
+        save.stdout.close()
+        if save.poll() is None:
+            save.kill()
+            save.wait()
+
+
+def test_the_pip_cert_secret_is_in_no_layer_of_the_image(docker, image):
+    if not CA_BUNDLE.is_file():
+        pytest.skip(f"no CA bundle at {CA_BUNDLE} (PIP_CERT): no secret to look for")
+    needles = private_certificates()
+    if not needles:
+        pytest.skip(f"{CA_BUNDLE} holds only Debian's CAs: nothing tells a leaked "
+                    "copy of it apart from the image's own bundle")
+    history = subprocess.run([docker, "history", "--no-trunc", image], capture_output=True,
+                             check=True).stdout
+    config = json.dumps(inspect_image(docker, image)).encode()
+    for where, text in (("docker history", history), ("image config", config)):
+        assert not [n for n in needles if n in text], f"the CA bundle is in the {where}"
+    scanned = 0
+    for layer, path, content in layer_files(docker, image):
+        scanned += 1
+        assert "pip_cert" not in path and not path.startswith("run/secrets/"), (layer, path)
+        assert not [n for n in needles if n in content], f"CA bundle found in {layer}:{path}"
+    assert scanned > 1000, "docker save yielded no layer files to search"
+
+
+# --- the build script checks its input before building -------------------------------
+
+BUILD_IMAGE = Path(__file__).resolve().parent.parent / "scripts" / "build-image.sh"
+
+
+@pytest.mark.parametrize("args,env,status,message", [
+    ([], {}, 2, "usage:"),
+    (["x:y"], {"PIP_CERT": "/nonexistent/ca.crt"}, 1, "PIP_CERT=/nonexistent/ca.crt is not"),
+    (["x:y"], {"SPACY_MODEL_PACKAGE": "/nonexistent/m-1.0-py3-none-any.whl"}, 1,
+     "no such wheel file"),
+    (["x:y"], {"DOCKER": "/bin/true"}, 1, "has neither buildx nor built-in BuildKit"),
+], ids=["no image name", "missing CA bundle", "missing wheel", "client without BuildKit"])
+def test_build_image_refuses_bad_input_with_a_clear_message(args, env, status, message):
+    result = subprocess.run([str(BUILD_IMAGE), *args], capture_output=True, text=True,
+                            env={**os.environ, **env}, timeout=60)
+    assert result.returncode == status, result.stderr
+    assert message in result.stderr
