@@ -26,17 +26,24 @@ if [ -n "${MODEL_DIR:-}" ]; then
 fi
 
 if "$root/scripts/docker-ready.sh"; then
-    "$root/scripts/build-image.sh" "$image"
-    args=(--rm -p "$port:${SAGEMAKER_BIND_TO_PORT:-8080}")
-    [ -z "$model_dir" ] || args+=(-v "$model_dir:/opt/ml/model:ro")
-    for name in "${settings[@]}"; do
-        [ -z "${!name:-}" ] || args+=(-e "$name")  # docker copies the value from here
-    done
-    echo "serve.sh: serving $image on http://localhost:$port (Ctrl-C stops it)" >&2
-    exec docker run "${args[@]}" "$image" serve
+    if "$root/scripts/build-image.sh" "$image"; then
+        args=(--rm -p "$port:${SAGEMAKER_BIND_TO_PORT:-8080}")
+        [ -z "$model_dir" ] || args+=(-v "$model_dir:/opt/ml/model:ro")
+        for name in "${settings[@]}"; do
+            [ -z "${!name:-}" ] || args+=(-e "$name")  # docker copies the value from here
+        done
+        echo "serve.sh: serving $image on http://localhost:$port (Ctrl-C stops it)" >&2
+        exec docker run "${args[@]}" "$image" serve
+    fi
+    # Most often the base image cannot be pulled (no registry reachable): serving still
+    # works on the host, and the message says how to build the image here.
+    echo "serve.sh: the image could not be built (see above); serving on this host instead." \
+          "Where no registry can be reached, run \`eval \"\$(scripts/ci-docker.sh)\"\` first" \
+          "to build from a local base." >&2
+else
+    echo "serve.sh: no Docker engine answers; serving on this host instead" >&2
 fi
 
-echo "serve.sh: no Docker engine answers; serving on this host instead" >&2
 python=$root/.venv/bin/python
 [ -x "$python" ] || die "$python is missing: run \`make .venv/.installed\` (scripts/setup-host.sh)"
 # The venv first, so `serve` starts gunicorn from it; Debian's nginx lives in /usr/sbin.
