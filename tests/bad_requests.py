@@ -7,6 +7,9 @@ Each row: (id, method, path, headers, body, status, error code).
 
 import json
 
+import pytest
+import requests
+
 JSON = {"Content-Type": "application/json"}
 PLAIN = {"Content-Type": "text/plain"}
 LINES = {"Content-Type": "application/jsonlines"}
@@ -87,3 +90,24 @@ def check_error(status, headers, body, expected_status, expected_code):
     assert error["code"] == expected_code, error
     assert error["message"] and "Traceback" not in error["message"]
     assert len(body) < 1000
+
+
+# Parametrizes a test over the table: (name, method, path, headers, body, status, code).
+each_bad_request = pytest.mark.parametrize(
+    "name,method,path,headers,body,status,code", BAD_REQUESTS,
+    ids=[row[0] for row in BAD_REQUESTS])
+
+
+def send(base_url, method, path, headers, body):
+    return requests.request(method, base_url + path, headers=headers, data=body, timeout=30)
+
+
+def check_over_http(base_url, method, path, headers, body, status, code):
+    """Send one row of the table to a running server and check its answer."""
+    response = send(base_url, method, path, headers, body)
+    check_error(response.status_code, response.headers, response.content, status, code)
+
+
+def send_every_bad_request(base_url):
+    for _, method, path, headers, body, _, _ in BAD_REQUESTS:
+        send(base_url, method, path, headers, body)

@@ -19,7 +19,7 @@ import pytest
 import requests
 import spacy
 
-from bad_requests import BAD_REQUESTS, check_error
+from bad_requests import check_over_http, each_bad_request, send_every_bad_request
 from conftest import TRAIN, free_port
 
 APPLE = "Apple is looking at buying U.K. startup for $1 billion"
@@ -144,23 +144,17 @@ def test_the_blog_posts_request_gets_its_answer_format(served):
                                           ["$1 billion", "MONEY"]]}
 
 
-@pytest.mark.parametrize("name,method,path,headers,body,status,code", BAD_REQUESTS,
-                         ids=[row[0] for row in BAD_REQUESTS])
+@each_bad_request
 def test_a_bad_request_gets_a_json_4xx_through_the_container(
         served, name, method, path, headers, body, status, code):
-    response = requests.request(method, served.url + path, headers=headers, data=body,
-                                timeout=30)
-    check_error(response.status_code, response.headers, response.content, status, code)
+    check_over_http(served.url, method, path, headers, body, status, code)
 
 
 def test_no_bad_request_left_a_traceback_in_the_container_log(served):
-    for _, method, path, headers, body, _, _ in BAD_REQUESTS:
-        requests.request(method, served.url + path, headers=headers, data=body, timeout=30)
+    send_every_bad_request(served.url)
     assert served.invoke({"text": APPLE}).json() == {"entities": APPLE_ENTITIES}
     assert "Traceback" not in served.logs()
 
-
-# --- ways of running it ------------------------------------------------------------
 
 def test_docker_run_without_a_command_serves_too(start_container):
     container = start_container(command=())

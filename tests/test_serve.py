@@ -16,7 +16,8 @@ import psutil
 import pytest
 import requests
 
-from bad_requests import BAD_REQUESTS, check_error
+from bad_requests import (check_error, check_over_http, each_bad_request,
+                          send_every_bad_request)
 from conftest import PROGRAM_DIR, free_port, serve_env, start_host_server
 
 APPLE = "Apple is looking at buying U.K. startup for $1 billion"
@@ -89,19 +90,15 @@ def test_a_body_just_under_the_payload_limit_passes_nginx(server):
     assert response.json()["results"][-1]["entities"][0]["text"] == "Apple"
 
 
-@pytest.mark.parametrize("name,method,path,headers,body,status,code", BAD_REQUESTS,
-                         ids=[row[0] for row in BAD_REQUESTS])
+@each_bad_request
 def test_a_bad_request_gets_a_json_4xx_through_nginx(
         server, name, method, path, headers, body, status, code):
-    response = requests.request(method, server.url + path, headers=headers, data=body,
-                                timeout=30)
-    check_error(response.status_code, response.headers, response.content, status, code)
+    check_over_http(server.url, method, path, headers, body, status, code)
 
 
 def test_after_every_bad_request_the_same_workers_still_answer(server):
     before = gunicorn_workers(server)
-    for _, method, path, headers, body, _, _ in BAD_REQUESTS:
-        requests.request(method, server.url + path, headers=headers, data=body, timeout=30)
+    send_every_bad_request(server.url)
     assert invoke(server, {"text": APPLE}).json() == {"entities": APPLE_ENTITIES}
     assert gunicorn_workers(server) == before, "a worker died and was replaced"
     assert "Traceback" not in server.logs()
