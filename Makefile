@@ -43,10 +43,13 @@ notebook: $(NB_VENV)/.installed image
 	$(NB_VENV)/bin/papermill notebook.ipynb notebook.out.ipynb -k python3 \
 		-p LOCAL_MODE True -p IMAGE_URI "$(IMAGE)"
 
+# Against the image when Docker answers (built first, as for `test`), else the host.
 bench: $(VENV)/.installed
+	if scripts/docker-ready.sh; then $(MAKE) image; fi
 	$(PY) bench/bench.py
 
 bench-quick: $(VENV)/.installed
+	if scripts/docker-ready.sh; then $(MAKE) image; fi
 	$(PY) bench/bench.py --quick
 
 pins:

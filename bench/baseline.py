@@ -1,0 +1,123 @@
+"""The in-process measurements, runnable on their own.
+
+bench.py runs them in its own process when the target is the host, and inside the image
+(`docker run ... python /bench/baseline.py`) when the target is the image, so that the
+yardstick uses the very interpreter, libraries and model files the server uses: a
+Python built differently (the host's pyenv build against the image's Debian one) moves
+spaCy's speed by more than the differences being measured.
+
+usage: baseline.py --sentences N --workers N --latency-texts N [--paired-port PORT]
+Prints one JSON object on stdout.
+"""
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+import corpus
+import inprocess
+import load
+
+BATCH = 64  # texts per batch request, as issue 5 asks
+
+
+def ms(values):
+    """p50/p95/p99 of a list of seconds, in milliseconds."""
+    p50, p95, p99 = np.percentile(np.asarray(values) * 1000, [50, 95, 99])
+    return {"p50": round(float(p50), 2), "p95": round(float(p95), 2),
+            "p99": round(float(p99), 2), "n": len(values)}
+
+
+def _rounded(d):
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in d.items()}
+
+
+def measure(texts, n, latency_texts):
+    """(in-process figures, the entities every served answer must match)."""
+    # The first pass over new text adds its words to the vocabulary, which costs more
+    # than the model itself; a server that has run for a while has done that. Both sides
+    # are measured in that steady state: here one untimed pass (the forked processes
+    # inherit it); the server gets one untimed pass too (bench.warm).
+    inprocess.pipe_one_process(texts)
+    one, expected = inprocess.pipe_one_process(texts)
+    many, expected_n = inprocess.pipe_processes(texts, n)
+    calls, expected_calls = inprocess.pipe_processes(texts, n, one_at_a_time=True)
+    # nlp.pipe over batches of 64, as batch requests bring them: how much of a gap to
+    # pipe_n is the batch size rather than the serving.
+    pipe_64, expected_64 = inprocess.pipe_processes(texts, n, chunk=BATCH)
+    if not expected == expected_n == expected_calls == expected_64:
+        raise SystemExit("baseline: in-process entities differ between nlp.pipe on 1 "
+                         f"process, on {n} processes, and nlp(text)")
+    call_seconds, call_cpu_ms = inprocess.call_latencies(texts[:latency_texts])
+    baseline = {
+        "pipe_1": _rounded(one), "pipe_n": _rounded(many), "calls_n": _rounded(calls),
+        "pipe_n_batches_of_64": _rounded(pipe_64),
+        "nlp_call_latency_ms": ms(call_seconds),
+        "nlp_call_cpu_ms": round(call_cpu_ms, 3),
+        "pipe_batch_latency_ms": ms(inprocess.batch_latencies(texts[:latency_texts], BATCH)),
+    }
+    return baseline, expected
+
+
+def everything(texts, n, latency_texts):
+    """Load the pipeline as the server does, measure; what main() prints."""
+    nlp = inprocess.load()
+    baseline, expected = measure(texts, n, latency_texts)
+    return {"baseline": baseline, "expected": expected, "versions": inprocess.versions(),
+            "tokens_per_sentence": round(
+                float(np.mean([len(nlp.make_doc(t)) for t in texts])), 1)}
+
+
+def paired(port, texts):
+    """nlp(text) here and one served request for the same text, alternately.
+
+    Interleaving puts both under the same background load at the same moments, so the
+    difference is the serving overhead, not a change in what else the machine was doing.
+    """
+    conn = load.Connection(port)
+    reqs = [load.http_request(port, "POST", "/invocations",
+                              json.dumps({"text": t}, ensure_ascii=False).encode("utf-8"))
+            for t in texts]
+    local, served = [], []
+    try:
+        for text, req in zip(texts, reqs):
+            t0 = time.perf_counter()
+            inprocess.call(text)
+            t1 = time.perf_counter()
+            status, _ = conn.exchange(req)
+            t2 = time.perf_counter()
+            if status != 200:
+                raise load.ProtocolError(f"HTTP {status} for a single text")
+            local.append(t1 - t0)
+            served.append(t2 - t1)
+    finally:
+        conn.close()
+    out = {"in_process_ms": ms(local), "served_ms": ms(served),
+           "paired_difference_ms": ms(np.subtract(served, local))}
+    out["overhead_p50_ms"] = round(out["served_ms"]["p50"] - out["in_process_ms"]["p50"], 3)
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sentences", type=int, required=True)
+    parser.add_argument("--workers", type=int, required=True)
+    parser.add_argument("--latency-texts", type=int, required=True)
+    parser.add_argument("--paired-port", type=int,
+                        help="measure only the paired latency against the server on this port")
+    args = parser.parse_args()
+    texts = corpus.sentences(args.sentences)
+    if args.paired_port:
+        inprocess.load()
+        out = {"paired": paired(args.paired_port, texts[:args.latency_texts])}
+    else:
+        out = everything(texts, args.workers, args.latency_texts)
+    json.dump(out, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

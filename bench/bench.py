@@ -1,0 +1,310 @@
+#!/usr/bin/env python3
+"""What serving costs, measured against spaCy itself (issue 5).
+
+usage: bench.py [--quick] [--target auto|host|image] [--workers N] [--image NAME] [--publish]
+                [--out DIR]
+
+In one run: the in-process baseline (nlp.pipe on 1 and N processes, nlp(text) latency),
+the served endpoint (batch and single-text requests at a sweep of concurrency), the blog
+post's way (one text per request, full pipeline), /ping under full load, cold start,
+memory with N workers against 1, and the image size. Every served answer is checked
+against nlp.pipe's entities for the same texts. Writes results.json, results.md and
+chart.png to bench/results/ (bench/results/quick/ with --quick).
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psutil
+
+import baseline
+import corpus
+import load
+import report
+import targets
+
+HERE = Path(__file__).resolve().parent
+BATCH = baseline.BATCH
+ms = baseline.ms
+
+# 4096 sentences = 64 batch requests of 64. Concurrency goes from one request at a time to
+# four per worker, past the point where every worker is busy. About 4.5 minutes on 2 cores.
+FULL = {"sentences": 4096, "latency_texts": 1000,
+        "batch_sweep": lambda n: [1, n, 2 * n], "single_sweep": lambda n: [1, n, 2 * n, 4 * n],
+        "blog_sweep": lambda n: [1, n, 2 * n, 4 * n]}
+# CI: every section, a few seconds each; the figures are not for comparison.
+QUICK = {"sentences": 200, "latency_texts": 128,
+         "batch_sweep": lambda n: [n, 2 * n], "single_sweep": lambda n: [1, 2 * n],
+         "blog_sweep": lambda n: [2 * n]}
+
+
+def log(message):
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def encode(obj):
+    return json.dumps(obj, ensure_ascii=False).encode("utf-8")
+
+
+def requests_for(port, bodies):
+    return [load.http_request(port, "POST", "/invocations", b) for b in bodies]
+
+
+# How each request form's answer turns into [[text, label, start, end], ...] per text.
+def _ents(answer_entities):
+    return [[e["text"], e["label"], e["start"], e["end"]] for e in answer_entities]
+
+
+FORMS = {
+    "single": (lambda texts: [encode({"text": t}) for t in texts],
+               lambda body: [_ents(json.loads(body)["entities"])]),
+    "batch": (lambda texts: [encode({"texts": texts[i:i + BATCH]})
+                             for i in range(0, len(texts), BATCH)],
+              lambda body: [_ents(r["entities"]) for r in json.loads(body)["results"]]),
+    # The blog post's format answers [text, label] pairs only.
+    "blog": (lambda texts: [encode({"input": t}) for t in texts],
+             lambda body: [json.loads(body)["output"]]),
+}
+
+
+def check_entities(form, bodies, expected):
+    """Mismatches between the served answers and nlp.pipe's entities for the same texts."""
+    served = [ents for body in bodies for ents in FORMS[form][1](body)]
+    if form == "blog":
+        expected = [[[t, label] for t, label, _, _ in doc] for doc in expected]
+    mismatches = [i for i, (a, b) in enumerate(zip(served, expected)) if a != b]
+    mismatches += list(range(min(len(served), len(expected)), max(len(served), len(expected))))
+    return {"docs": len(expected), "mismatches": len(mismatches), "first": mismatches[:5]}, served
+
+
+def warm(server, texts, n):
+    """One untimed pass over the corpus, in batches, so every worker has seen its words."""
+    load.run(server.port, requests_for(server.port, FORMS["batch"][0](texts)), 2 * n)
+
+
+def sweep(server, form, texts, concurrencies, expected, yardsticks, ping_at=()):
+    """One closed-loop run over the whole corpus per concurrency level.
+
+    yardsticks: {name: in-process docs/s}; each row gets the ratio to each of them.
+    """
+    bodies = FORMS[form][0](texts)
+    reqs = requests_for(server.port, bodies)
+    docs_per_request = len(texts) / len(reqs)
+    load.run(server.port, reqs[:2 * max(concurrencies)], max(concurrencies))  # warm every worker
+    rows, pings, checks, served = [], [], [], None
+    for c in concurrencies:
+        sampler = load.PingSampler(server.port) if c in ping_at else None
+        cpu0 = server.cpu_seconds()
+        r = load.run(server.port, reqs, c, sampler)
+        server_cpu = server.cpu_seconds() - cpu0
+        docs = len(texts)
+        row = {"concurrency": c, "requests": len(reqs), "docs": docs,
+               "seconds": round(r.seconds, 3), "docs_per_s": round(docs / r.seconds, 1),
+               **{f"ratio_{k}": round(docs / r.seconds / v, 3)
+                  for k, v in yardsticks.items()},
+               "latency_ms": ms(r.latencies),
+               "server_cpu_ms_per_doc": round(1000 * server_cpu / docs, 3),
+               "client_cpu_share": round(r.client_cpu_seconds / (r.seconds * os.cpu_count()), 3)}
+        if sampler is not None:
+            under = sampler.under_load(r)
+            pings.extend(under)
+            row["ping_samples"] = len(under)
+        check, served = check_entities(form, r.bodies, expected)
+        checks.append(check)
+        rows.append(row)
+        lat = row["latency_ms"]
+        log(f"{form:6} c={c:<3} {row['docs_per_s']:7.1f} docs/s ({row['ratio_pipe']:.2f} of "
+            f"in-process nlp.pipe), p50 {lat['p50']} ms, p99 {lat['p99']} ms, "
+            f"{check['mismatches']} entity mismatches, {docs_per_request:.0f} docs/request")
+    check = {"docs": checks[0]["docs"], "runs": len(checks),
+             "mismatches": sum(c["mismatches"] for c in checks),
+             "first": next((c["first"] for c in checks if c["first"]), [])}
+    return rows, pings, check, served
+
+
+def machine():
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                if line.startswith("model name")), platform.processor() or "?")
+    return {"cpu": cpu, "cores": os.cpu_count(),
+            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "os": platform.platform(), "load_average_at_start": os.getloadavg()}
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="small corpus and short sweeps (CI); writes bench/results/quick/")
+    parser.add_argument("--target", choices=["auto", "host", "image"], default="auto",
+                        help="the image when a Docker engine answers (auto), or serve here")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="server workers, and in-process baseline processes (default 2)")
+    parser.add_argument("--image", default=os.environ.get("IMAGE", targets.DEFAULT_IMAGE))
+    parser.add_argument("--publish", action="store_true",
+                        help="image: reach the container through -p 127.0.0.1:PORT:8080 "
+                        "(Docker's userland proxy) instead of the host's network")
+    parser.add_argument("--out", type=Path, help="results folder (default bench/results[/quick])")
+    return parser.parse_args()
+
+
+def measure_baseline(kind, image, texts, n, plan, paired_port=None):
+    """baseline.py's JSON: here for the host target, inside the image for the image."""
+    cli = ["--sentences", str(len(texts)), "--workers", str(n),
+           "--latency-texts", str(plan["latency_texts"])]
+    if paired_port:
+        cli += ["--paired-port", str(paired_port)]
+    if kind == "host":
+        if paired_port:
+            return {"paired": baseline.paired(paired_port, texts[:plan["latency_texts"]])}
+        return baseline.everything(texts, n, plan["latency_texts"])
+    # The image's own Python, spaCy and baked model; this folder mounted read-only. The
+    # host's network only for the paired latency, which talks to the server.
+    cmd = ["docker", "run", "--rm", "--network", "host" if paired_port else "none",
+           "-v", f"{HERE}:/bench:ro", "-e", "BENCH_PROGRAM_DIR=/opt/program",
+           "-e", "PYTHONDONTWRITEBYTECODE=1", image, "python", "/bench/baseline.py", *cli]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"bench: the baseline in the image failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout)
+
+
+def measure_served(start, texts, n, plan, expected, results, paired):
+    """The server as shipped (N workers, NER components only): sweeps, /ping, overhead,
+    memory. Returns the entities of the last one-text run, per text."""
+    # Batch requests are held to nlp.pipe; one-text requests to nlp.pipe (the issue's
+    # yardstick) and to nlp(text) one text at a time (the same unit of work, no HTTP).
+    base = results["baseline"]
+    pipe_only = {"pipe": base["pipe_n"]["docs_per_s"]}
+    both = {**pipe_only, "calls": base["calls_n"]["docs_per_s"]}
+    ping_at = {2 * n}  # twice as many requests in hand as workers: every worker busy
+    server = start(n, False)
+    results["cold_start_s"] = {"workers_n": round(server.cold_start_seconds, 3)}
+    try:
+        results["meta"]["versions"]["server"] = server.versions()
+        warm(server, texts, n)
+        batch, pings_b, check_b, _ = sweep(server, "batch", texts, plan["batch_sweep"](n),
+                                           expected, pipe_only, ping_at)
+        single, pings_s, check_s, served = sweep(server, "single", texts,
+                                                 plan["single_sweep"](n), expected, both,
+                                                 ping_at)
+        overhead = paired(server.port)
+        log(f"one short text at a time: served p50 {overhead['served_ms']['p50']} ms, "
+            f"nlp(text) p50 {overhead['in_process_ms']['p50']} ms")
+        results["memory"] = {f"workers_{n}": server.memory()}
+    finally:
+        server.stop()
+    results["served_batch"], results["served_single"] = batch, single
+    results["single_text_overhead"] = overhead
+    pings = pings_b + pings_s
+    results["ping_under_load_ms"] = {
+        **ms([seconds for seconds, _ in pings]),
+        "non_200": sum(1 for _, status in pings if status != 200),
+        "during": f"batch and single runs at concurrency {2 * n} ({n} workers)"}
+    results["correctness"] = {"batch": check_b, "single": check_s}
+    return served
+
+
+def measure_one_worker(start, texts, n, results):
+    """Memory of a 1-worker server after the same kind of traffic, to compare with N."""
+    server = start(1, False)
+    results["cold_start_s"]["workers_1"] = round(server.cold_start_seconds, 3)
+    try:
+        warm(server, texts, 1)
+        memory_1 = server.memory()
+    finally:
+        server.stop()
+    memory = results["memory"]
+    memory["workers_1"] = memory_1
+    memory["ratio_pss"] = round(memory[f"workers_{n}"]["pss_mb"] / memory_1["pss_mb"], 3)
+    memory["measure"] = "sum of PSS over the server's processes, after traffic"
+
+
+def measure_blog(start, texts, n, plan, expected, results):
+    """The blog post's way: one text per request ({"input": ...}), the whole pipeline."""
+    base = results["baseline"]
+    both = {"pipe": base["pipe_n"]["docs_per_s"], "calls": base["calls_n"]["docs_per_s"]}
+    server = start(n, True)
+    results["cold_start_s"]["full_pipeline"] = round(server.cold_start_seconds, 3)
+    try:
+        warm(server, texts, n)
+        results["blog_baseline"], _, results["correctness"]["blog"], _ = sweep(
+            server, "blog", texts, plan["blog_sweep"](n), expected, both)
+    finally:
+        server.stop()
+
+
+def main():
+    args = parse_args()
+    plan = QUICK if args.quick else FULL
+    out = args.out or (HERE / "results" / "quick" if args.quick else HERE / "results")
+    out.mkdir(parents=True, exist_ok=True)
+    n = args.workers
+    started = time.perf_counter()
+    try:
+        kind = targets.choose(args.target, args.image)
+    except targets.TargetError as e:
+        log(str(e))
+        return 2
+    log(f"target {kind}{' ' + args.image if kind == 'image' else ''}, {n} workers, "
+        f"{'quick' if args.quick else 'full'} run")
+
+    def start(workers, full_pipeline):
+        log(f"starting the server: {workers} worker(s), "
+            f"{'full pipeline' if full_pipeline else 'NER components only'}")
+        return targets.server(kind, workers, full_pipeline, args.image, args.publish).start()
+
+    texts = corpus.sentences(plan["sentences"])
+    results = {"meta": {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                        "quick": args.quick, "target": kind, "workers": n,
+                        "network": ("published port (docker-proxy)" if args.publish else
+                                    "host network") if kind == "image" else "loopback",
+                        "machine": machine(),
+                        "corpus": {"sentences": len(texts), "seed": corpus.SEED,
+                                   "batch_size": BATCH}}}
+
+    # In-process first, before any server runs, so that it has the cores to itself.
+    log(f"in-process baseline ({'in the image' if kind == 'image' else 'in this process'})")
+    found = measure_baseline(kind, args.image, texts, n, plan)
+    results["meta"]["corpus"]["tokens_per_sentence"] = found["tokens_per_sentence"]
+    results["meta"]["versions"] = {"in_process": found["versions"]}
+    results["baseline"], expected = found["baseline"], found["expected"]
+    base = results["baseline"]
+    log(f"nlp.pipe: {base['pipe_1']['docs_per_s']:.0f} docs/s on 1 process, "
+        f"{base['pipe_n']['docs_per_s']:.0f} on {n}; nlp(text) one at a time: "
+        f"{base['calls_n']['docs_per_s']:.0f} docs/s on {n}, p50 "
+        f"{base['nlp_call_latency_ms']['p50']} ms")
+
+    def paired(port):
+        return measure_baseline(kind, args.image, texts, n, plan, paired_port=port)["paired"]
+
+    served = measure_served(start, texts, n, plan, expected, results, paired)
+    measure_one_worker(start, texts, n, results)
+    measure_blog(start, texts, n, plan, expected, results)
+    results["image"] = targets.image_info(args.image) if kind == "image" else None
+
+    results["meta"]["machine"]["load_average_at_end"] = os.getloadavg()
+    results["meta"]["duration_s"] = round(time.perf_counter() - started, 1)
+    results["goals"] = report.goals(results)
+    report.write(results, out)
+    if args.quick:
+        # The served entities per text, for tests/test_bench.py to check independently.
+        with open(out / "served-entities.jsonl", "w") as f:
+            for text, ents in zip(texts, served):
+                f.write(json.dumps({"text": text, "entities": ents}, ensure_ascii=False) + "\n")
+    log(f"done in {results['meta']['duration_s']} s; wrote {out}/results.json, results.md, "
+        "chart.png")
+    bad = {k: v["mismatches"] for k, v in results["correctness"].items() if v["mismatches"]}
+    if bad:
+        log(f"served entities differ from nlp.pipe's: {bad}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
