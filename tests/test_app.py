@@ -7,7 +7,7 @@ import pytest
 
 import model
 import predictor
-from bad_requests import BAD_REQUESTS, check_error
+from bad_requests import BAD_REQUESTS, check_error, each_bad_request
 from settings import Settings
 
 SENTENCE = "Alice works at Acme in Paris."
@@ -144,8 +144,7 @@ def test_execution_parameters_describe_batch_transform(client):
         "MaxConcurrentTransforms": 3, "BatchStrategy": "MULTI_RECORD", "MaxPayloadInMB": 6}
 
 
-@pytest.mark.parametrize("name,method,path,headers,body,status,code", BAD_REQUESTS,
-                         ids=[row[0] for row in BAD_REQUESTS])
+@each_bad_request
 def test_a_bad_request_gets_a_json_4xx_and_the_app_keeps_answering(
         client, name, method, path, headers, body, status, code):
     response = client.open(path, method=method, data=body, headers=headers)

@@ -21,15 +21,10 @@ import spacy
 
 from bad_requests import check_over_http, each_bad_request, send_every_bad_request
 from conftest import TRAIN, free_port
+from samples import APPLE, APPLE_ENTITIES, batch_of
 
-APPLE = "Apple is looking at buying U.K. startup for $1 billion"
-APPLE_ENTITIES = [
-    {"text": "Apple", "label": "ORG", "start": 0, "end": 5},
-    {"text": "U.K.", "label": "GPE", "start": 27, "end": 31},
-    {"text": "$1 billion", "label": "MONEY", "start": 44, "end": 54},
-]
 # Enough real-model work to keep the one worker busy for several seconds.
-LONG_BATCH = {"texts": [f"{APPLE}, said Tim Cook in London on Monday {i}." for i in range(1200)]}
+LONG_BATCH = batch_of(1200)
 # The bundle the build got as the pip_cert secret (scripts/ci-docker.sh exports PIP_CERT).
 CA_BUNDLE = Path(os.environ.get("PIP_CERT") or "/etc/ssl/certs/ca-certificates.crt")
 MAX_IMAGE_BYTES = 450 * 1000 * 1000

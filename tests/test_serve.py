@@ -20,15 +20,10 @@ import requests
 from bad_requests import (check_error, check_over_http, each_bad_request,
                           send_every_bad_request)
 from conftest import PROGRAM_DIR, free_port, serve_env, start_host_server
+from samples import APPLE, APPLE_ENTITIES, batch_of
 
-APPLE = "Apple is looking at buying U.K. startup for $1 billion"
-APPLE_ENTITIES = [
-    {"text": "Apple", "label": "ORG", "start": 0, "end": 5},
-    {"text": "U.K.", "label": "GPE", "start": 27, "end": 31},
-    {"text": "$1 billion", "label": "MONEY", "start": 44, "end": 54},
-]
 # Enough real-model work to keep one worker busy for a few seconds.
-LONG_BATCH = {"texts": [f"{APPLE}, said Tim Cook in London on Monday {i}." for i in range(2500)]}
+LONG_BATCH = batch_of(2500)
 
 
 def invoke(server, body, timeout=60, **kwargs):
@@ -204,25 +199,30 @@ def test_ping_says_503_until_the_model_is_loaded(start_server):
     assert set(statuses) == {503, 200}
 
 
-def test_sigterm_lets_the_request_in_flight_finish_then_exits_within_30_s(start_server):
+def test_sigterm_lets_every_accepted_request_finish_then_exits_within_30_s(start_server):
+    """One worker, three requests: one running, two queued behind it. All three finish."""
     server = start_server(MODEL_SERVER_WORKERS=1)
-    result = {}
+    batch = batch_of(1500)  # ~3 s each: the queue outlasts any short drain window
+    answers = []
 
-    def long_request():
-        result["response"] = invoke(server, LONG_BATCH)
+    def request():
+        response = invoke(server, batch)
+        answers.append((time.monotonic(), response))
 
-    client = threading.Thread(target=long_request)
-    client.start()
-    time.sleep(1.0)  # the request is now in the worker
-    t0 = time.monotonic()
+    clients = [threading.Thread(target=request) for _ in range(3)]
+    for client in clients:
+        client.start()
+    time.sleep(1.0)  # all three are accepted by nginx by now
+    signalled = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
     server.proc.wait(timeout=30)
-    client.join()
-    assert time.monotonic() - t0 < 30
+    assert time.monotonic() - signalled < 30
+    for client in clients:
+        client.join()
     assert server.proc.returncode == 0, server.logs()
-    response = result["response"]
-    assert response.status_code == 200
-    assert len(response.json()["results"]) == len(LONG_BATCH["texts"])
+    assert [r.status_code for _, r in answers] == [200, 200, 200], answers[0][1].text[:300]
+    assert all(len(r.json()["results"]) == len(batch["texts"]) for _, r in answers)
+    assert max(t for t, _ in answers) > signalled + 1, "nothing was in flight at SIGTERM"
     assert_port_free(server.port)
 
 
