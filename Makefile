@@ -17,7 +17,9 @@ help:
 	@echo "make image   build the serving image ($(IMAGE))"
 	@echo "make notebook  run notebook.ipynb in local mode (no AWS account) into notebook.out.ipynb"
 	@echo "make bench   measure serving against in-process spaCy; writes bench/results/"
+	@echo "make bench-quick  the small benchmark CI runs; writes bench/results/quick/"
 	@echo "make pins    recompile the pinned requirement files after editing a *.in file"
+	@echo "make clean   remove the virtual environments"
 
 $(VENV)/.installed: requirements-dev.txt container/model-requirements.txt scripts/setup-host.sh
 	scripts/setup-host.sh
@@ -27,7 +29,9 @@ $(NB_VENV)/.installed: requirements-notebook.txt scripts/setup-notebook.sh
 	scripts/setup-notebook.sh
 	touch $@
 
-serve: $(VENV)/.installed
+# No set-up here: in the image nothing is needed on the host; serve.sh sets up the host
+# (make $(VENV)/.installed) only when it serves there.
+serve:
 	scripts/serve.sh
 
 image:

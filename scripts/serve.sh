@@ -44,8 +44,9 @@ else
     echo "serve.sh: no Docker engine answers; serving on this host instead" >&2
 fi
 
+# The host needs the pinned packages and nginx (scripts/setup-host.sh, once).
+make -C "$root" --no-print-directory .venv/.installed >&2 || die "setting up the host failed (scripts/setup-host.sh)"
 python=$root/.venv/bin/python
-[ -x "$python" ] || die "$python is missing: run \`make .venv/.installed\` (scripts/setup-host.sh)"
 # The venv first, so `serve` starts gunicorn from it; Debian's nginx lives in /usr/sbin.
 export PATH="$root/.venv/bin:$PATH:/usr/sbin"
 export SAGEMAKER_BIND_TO_PORT=${SAGEMAKER_BIND_TO_PORT:-$port}

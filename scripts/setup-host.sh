@@ -10,11 +10,11 @@ python=${PYTHON:-python3}
 
 if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "setup: installing nginx (Debian's nginx-light)"
+        echo "setup: installing Debian's nginx (as the image does)"
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx >/dev/null
     else
-        echo "setup: nginx is missing; install it (apt-get install nginx-light, brew install nginx)" >&2
+        echo "setup: nginx is missing; install it (apt-get install nginx, brew install nginx)" >&2
         exit 1
     fi
 fi

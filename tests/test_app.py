@@ -100,6 +100,16 @@ def test_jsonlines_answers_one_line_per_record_when_asked(client):
     assert json.loads(lines[2]) == {"entities": []}
 
 
+def test_a_blank_jsonlines_line_is_an_empty_record_and_keeps_its_place(client):
+    body = f'"{SENTENCE}"\n\n  \n"Eve lives in Rome."\n'
+    response = invoke(client, body, "application/jsonlines", Accept="application/jsonlines")
+    lines = [json.loads(line) for line in response.data.decode().splitlines()]
+    assert len(lines) == 4
+    assert lines[0] == {"entities": EXPECTED}
+    assert lines[1] == lines[2] == {"entities": []}
+    assert [e["text"] for e in lines[3]["entities"]] == ["Eve", "Rome"]
+
+
 def test_jsonlines_without_accept_gets_one_json_document(client):
     response = invoke(client, f'"{SENTENCE}"\r\n"Eve lives in Rome."', "application/jsonlines")
     assert response.content_type == "application/json"

@@ -109,6 +109,36 @@ def test_after_every_bad_request_the_same_workers_still_answer(server):
     assert "Traceback" not in server.logs()
 
 
+def test_nginx_answers_its_own_errors_in_json_too(server):
+    check_over_http(server.url, "GET", "/invocations?" + "x" * 20_000, {}, b"", 414,
+                    "uri_too_long")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        answer = s.recv(4096).decode()
+    assert answer.startswith("HTTP/1.1 400") and '"code":"bad_request"' in answer, answer
+    response = requests.post(f"{server.url}/ping", timeout=2)
+    assert response.status_code == 405 and response.headers["Allow"] == "GET"
+
+
+def test_a_second_server_on_a_taken_port_fails_instead_of_sharing_it(server, tmp_path):
+    code, output = run_serve({"SAGEMAKER_BIND_TO_PORT": str(server.port)}, tmp_path)
+    assert code == 1 and "Address already in use" in output
+    assert requests.get(f"{server.url}/ping", timeout=2).status_code == 200
+
+
+def test_the_payload_limit_setting_reaches_nginx(start_server):
+    small = start_server(SAGEMAKER_MAX_PAYLOAD_IN_MB=1, MODEL_SERVER_WORKERS=1)
+    over_one_mib = {"texts": [" " * (1024 * 1024), APPLE]}
+    response = invoke(small, over_one_mib)
+    check_error(response.status_code, response.headers, response.content, 413,
+                "payload_too_large")
+    unlimited = start_server(SAGEMAKER_MAX_PAYLOAD_IN_MB=0, MODEL_SERVER_WORKERS=1)
+    seven_mib = {"texts": [" " * (900 * 1024)] * 8 + [APPLE]}
+    response = invoke(unlimited, seven_mib)
+    assert response.status_code == 200, response.text[:300]
+    assert response.json()["results"][-1] == {"entities": APPLE_ENTITIES}
+
+
 def test_ping_is_not_access_logged_but_invocations_are(server):
     for _ in range(3):
         requests.get(f"{server.url}/ping", timeout=2)

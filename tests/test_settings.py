@@ -27,7 +27,7 @@ def test_every_setting_is_read():
     ("SAGEMAKER_BIND_TO_PORT", "70000", "outside 1..65535"),
     ("MODEL_SERVER_WORKERS", "0", "outside 1..256"),
     ("MODEL_SERVER_TIMEOUT", "1.5", "not a whole number"),
-    ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "-1", "outside 1..1024"),
+    ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "-1", "outside 0..1024"),
     ("SPACY_FULL_PIPELINE", "maybe", "not true or false"),
     ("LOG_LEVEL", "loud", "not DEBUG, INFO, WARNING or ERROR"),
 ])
@@ -39,3 +39,7 @@ def test_a_bad_value_names_the_setting(name, value, message):
 
 def test_blank_values_mean_the_default():
     assert Settings.from_env({"SAGEMAKER_BIND_TO_PORT": " ", "LOG_LEVEL": ""}).port == 8080
+
+
+def test_a_payload_limit_of_0_means_none_as_in_batch_transform():
+    assert Settings.from_env({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "0"}).max_payload_bytes is None

@@ -105,6 +105,9 @@ def decode_jsonlines(body):
         lines.pop()
     texts = []
     for n, line in enumerate(lines, 1):
+        if not line.strip():  # a blank line is an empty record: one answer line still
+            texts.append("")   # stands for it, so the output lines up with the input
+            continue
         record = _json(line.rstrip("\r"), f"line {n}")
         if isinstance(record, dict):
             if "text" not in record:

@@ -15,21 +15,32 @@ class SettingsError(ValueError):
     """A setting has a value the server cannot start with."""
 
 
+def _cgroup_cpu_limit():
+    """The CPU quota in CPUs (cgroup v2, then v1), or None where there is none."""
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as q, \
+                open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as p:
+            quota, period = int(q.read()), int(p.read())
+        return None if quota <= 0 else quota / period
+    except (OSError, ValueError):
+        return None
+
+
 def available_cpus():
-    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota.
+    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota.
 
     `docker run --cpus=2` (and SageMaker's instance sizing) sets a quota, not an
     affinity mask, so os.cpu_count() alone would overcount on a big host.
     """
     cpus = len(os.sched_getaffinity(0))
-    try:
-        with open("/sys/fs/cgroup/cpu.max") as f:
-            quota, period = f.read().split()
-        if quota != "max":
-            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return cpus
+    limit = _cgroup_cpu_limit()
+    return cpus if limit is None else min(cpus, max(1, math.ceil(limit)))
 
 
 def _int(env, name, default, low, high):
@@ -70,8 +81,9 @@ class Settings:
 
     @property
     def max_payload_bytes(self):
-        # nginx's "6m" is 6 MiB; the app uses the same unit so both limits agree to the byte.
-        return self.max_payload_mb * 1024 * 1024
+        """The body limit in bytes, or None for none (0 MB: batch transform's "no limit").
+        nginx's "6m" is 6 MiB; the app uses the same unit so both limits agree to the byte."""
+        return self.max_payload_mb * 1024 * 1024 or None
 
     @classmethod
     def from_env(cls, env=None):
@@ -85,8 +97,9 @@ class Settings:
             workers=_int(env, "MODEL_SERVER_WORKERS", available_cpus(), 1, 256),
             # SageMaker gives /invocations 60 s; a worker stuck longer is killed and replaced.
             timeout=_int(env, "MODEL_SERVER_TIMEOUT", 60, 1, 3600),
-            # 6 MB is the real-time endpoint limit; batch transform sets this variable itself.
-            max_payload_mb=_int(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", 6, 1, 1024),
+            # 6 MB is the real-time endpoint limit; batch transform sets this variable itself,
+            # to 0 for a job whose MaxPayloadInMB is 0 (no limit).
+            max_payload_mb=_int(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", 6, 0, 1024),
             spacy_model=env.get("SPACY_MODEL", "").strip(),
             model_dir=env.get("SM_MODEL_DIR", "").strip() or "/opt/ml/model",
             default_model=env.get("SPACY_DEFAULT_MODEL", "").strip() or cls.default_model,
