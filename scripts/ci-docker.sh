@@ -4,9 +4,9 @@
 #
 #   eval "$(scripts/ci-docker.sh)"     # or: source scripts/ci-docker.sh
 #
-# Both export BASE_IMAGE (a local Debian bookworm image with python3 and python3-venv),
-# PIP_CERT (the host's CA bundle, for pip behind a TLS-intercepting proxy) and DOCKER (a
-# client with BuildKit), which scripts/build-image.sh reads. Progress goes to stderr;
+# Both export BASE_IMAGE (a local Debian bookworm image with python3 and python3-venv) and
+# PIP_CERT (the host's CA bundle, for pip behind a TLS-intercepting proxy), which
+# scripts/build-image.sh reads. Progress goes to stderr;
 # stdout carries only the export lines. Idempotent: a second run only checks.
 
 # Sourced: run this file as a child (so its errexit holds and nothing leaks into the
@@ -66,24 +66,6 @@ $(tail -n 20 "$DOCKERD_LOG")"
     done
 }
 
-# The first docker client with BuildKit: buildx, or a classic client (before 23.0) with
-# BuildKit built in. Newer clients without buildx only have the legacy builder.
-buildkit_client() {
-    local candidate version
-    for candidate in "$(command -v docker || true)" /usr/bin/docker; do
-        [[ -n $candidate && -x $candidate ]] || continue
-        if [[ $("$candidate" buildx version 2>/dev/null || true) == *buildx* ]]; then
-            echo "$candidate"
-            return
-        fi
-        version=$("$candidate" version --format '{{.Client.Version}}' 2>/dev/null) || continue
-        case $version in
-            18.09* | 19.* | 20.* | 21.* | 22.*) echo "$candidate"; return ;;
-        esac
-    done
-    return 1
-}
-
 make_base_image() {
     command -v mmdebstrap >/dev/null || { say "installing mmdebstrap"; apt_install mmdebstrap; }
     local tmp
@@ -115,8 +97,6 @@ make_base_image() {
 engine_answers || start_engine
 say "Docker engine answers ($(docker version --format '{{.Server.Version}}'))"
 
-DOCKER=$(buildkit_client) || die "no docker client with BuildKit (buildx, or a client before 23.0)"
-
 if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
     say "base image $BASE_IMAGE exists"
 else
@@ -125,5 +105,5 @@ fi
 
 [ -r "$PIP_CERT" ] || die "CA bundle $PIP_CERT is missing"
 
-printf 'export BASE_IMAGE=%q\nexport PIP_CERT=%q\nexport DOCKER=%q\n' \
-    "$BASE_IMAGE" "$PIP_CERT" "$DOCKER"
+# (Which docker client can build, buildx or built-in BuildKit, scripts/build-image.sh finds.)
+printf 'export BASE_IMAGE=%q\nexport PIP_CERT=%q\n' "$BASE_IMAGE" "$PIP_CERT"
