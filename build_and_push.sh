@@ -60,14 +60,9 @@ fi
 registry=${REGISTRY:-$account.dkr.ecr.$region.amazonaws.com}
 uri=$registry/$name:$tag
 
-echo "build_and_push: building $name:$tag" >&2
-# One build path for the whole project: the same script `make image` uses (platform
-# linux/amd64, provenance off, BuildKit secret for PIP_CERT).
-"$here/scripts/build-image.sh" "$name:$tag" >&2 || die "docker build failed (scripts/build-image.sh $name:$tag)"
-"$docker" tag "$name:$tag" "$uri" >&2
-
-# Create the repository only when it is missing: describe first, so a repository made
-# by someone else (with its own policies) is left as it is.
+# The repository and the login come before the build, so that missing ECR permissions
+# fail in seconds, not after minutes of building. Create the repository only when it is
+# missing: describe first, so a repository made by someone else is left as it is.
 if ! err=$(aws ecr describe-repositories --repository-names "$name" 2>&1 >/dev/null); then
     case "$err" in
         *RepositoryNotFoundException*)
@@ -82,6 +77,12 @@ fi
 echo "build_and_push: logging in to $registry" >&2
 aws ecr get-login-password | "$docker" login --username AWS --password-stdin "$registry" >&2 ||
     die "docker login to $registry failed (aws ecr get-login-password | docker login)"
+
+echo "build_and_push: building $name:$tag" >&2
+# One build path for the whole project: the same script `make image` uses (platform
+# linux/amd64, provenance off, BuildKit secret for PIP_CERT).
+"$here/scripts/build-image.sh" "$name:$tag" >&2 || die "docker build failed (scripts/build-image.sh $name:$tag)"
+"$docker" tag "$name:$tag" "$uri" >&2 || die "docker tag $name:$tag $uri failed"
 
 echo "build_and_push: pushing $uri" >&2
 "$docker" push "$uri" >&2 || die "docker push $uri failed"
