@@ -36,15 +36,8 @@ BASE_PACKAGES=python3,python3-venv,ca-certificates
 MIRROR=http://deb.debian.org/debian
 SECURITY_MIRROR=http://deb.debian.org/debian-security
 
-apt_updated=''
 apt_install() {
-    [ "$(id -u)" -eq 0 ] || die "must run as root to install $* (apt-get)"
-    if [ -z "$apt_updated" ]; then
-        apt-get update -qq >&2 || die "apt-get update failed"
-        apt_updated=1
-    fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2 ||
-        die "apt-get install $* failed"
+    "$(dirname "${BASH_SOURCE[0]}")/apt-install.sh" "$@" || die "could not install $*"
 }
 
 engine_answers() { command -v docker >/dev/null && docker info >/dev/null 2>&1; }
@@ -67,7 +60,7 @@ $(tail -n 20 "$DOCKERD_LOG")"
 }
 
 make_base_image() {
-    command -v mmdebstrap >/dev/null || { say "installing mmdebstrap"; apt_install mmdebstrap; }
+    command -v mmdebstrap >/dev/null || apt_install mmdebstrap
     local tmp
     tmp=$(mktemp -d)
     # shellcheck disable=SC2064  # expand now: tmp is local

@@ -9,14 +9,8 @@ venv=.venv
 python=${PYTHON:-python3}
 
 if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "setup: installing Debian's nginx (as the image does)"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx >/dev/null
-    else
-        echo "setup: nginx is missing; install it (apt-get install nginx, brew install nginx)" >&2
-        exit 1
-    fi
+    # Debian's nginx, as the image has; elsewhere, e.g. `brew install nginx`.
+    scripts/apt-install.sh nginx
 fi
 
 if [ ! -x "$venv/bin/python" ]; then

@@ -13,27 +13,16 @@ cd "$(dirname "$0")/.."
 venv=.venv-notebook
 python=${PYTHON:-python3}
 
-apt_install() {
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "setup-notebook: installing $*"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-    else
-        echo "setup-notebook: $* missing; install it (apt-get install $*)" >&2
-        exit 1
-    fi
-}
-
 # Both tools matter only where a Docker engine runs: without one, the tests that need them
 # skip on a laptop (and fail in CI, where .ci/run provides the engine).
 if scripts/docker-ready.sh; then
     # The SDK tries `docker compose` (v2 plugin) first, then `docker-compose`; Debian 12
     # ships docker-compose 1.29.2, which runs the SDK's compose file (format 2.3).
     if ! docker compose version 2>/dev/null | grep -q v2 && ! command -v docker-compose >/dev/null; then
-        apt_install docker-compose
+        scripts/apt-install.sh docker-compose
     fi
     if ! command -v docker-registry >/dev/null; then
-        apt_install docker-registry
+        scripts/apt-install.sh docker-registry
     fi
 fi
 
