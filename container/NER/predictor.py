@@ -47,8 +47,7 @@ def create_app(nlp, settings):
 
     @app.post("/invocations")
     def invocations():
-        answer_type = protocol.negotiate(request.accept_mimetypes if request.headers.get("Accept")
-                                         else None)
+        answer_type = protocol.negotiate(request.accept_mimetypes)
         batch = protocol.decode(request.get_data(cache=False), request.mimetype,
                                 request.mimetype_params.get("charset"), nlp.max_length)
         docs = list(nlp.pipe(batch.texts))
@@ -71,7 +70,7 @@ def create_app(nlp, settings):
     def http_error(e):
         # 404, 405, 413 from Flask itself: same JSON shape as ours, never an HTML page.
         code = HTTP_ERROR_CODES.get(e.code) or (e.name or "error").lower().replace(" ", "_")
-        response = _json_response(e.code, {"error": {"code": code, "message": e.description}})
+        response = _json_response(e.code, protocol.error_body(code, e.description))
         if e.code == 405:
             response.headers["Allow"] = ", ".join(e.valid_methods or [])
         return response
@@ -80,8 +79,7 @@ def create_app(nlp, settings):
     def unexpected(e):
         # A bug of ours, not the client's: log the traceback, answer without it.
         log.exception("unexpected error in %s %s", request.method, request.path)
-        return _json_response(500, {"error": {"code": "internal_error",
-                                              "message": "unexpected server error; see the "
-                                                         "container log"}})
+        return _json_response(500, protocol.error_body(
+            "internal_error", "unexpected server error; see the container log"))
 
     return app

@@ -27,7 +27,12 @@ class ApiError(Exception):
         self.status, self.code, self.message = status, code, message
 
     def body(self):
-        return {"error": {"code": self.code, "message": self.message}}
+        return error_body(self.code, self.message)
+
+
+def error_body(code, message):
+    """Every error the app answers has this shape (nginx.conf writes it out by hand)."""
+    return {"error": {"code": code, "message": message}}
 
 
 @dataclass
@@ -175,7 +180,8 @@ OFFERED = [JSON, JSONLINES, *JSONLINES_ALIASES[1:], HTML]
 
 
 def negotiate(accept):
-    """The answer's content type for an Accept header (a werkzeug MIMEAccept)."""
+    """The answer's content type for an Accept header (a werkzeug MIMEAccept, empty when
+    the header is absent)."""
     if not accept:  # absent, or empty: JSON, as for */*
         return JSON
     best = accept.best_match(OFFERED)
