@@ -67,17 +67,17 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_for_ping(url, timeout=60, proc=None):
-    """Poll url/ping until 200; fail early if the server process exits."""
+def wait_for_ping(url, running, timeout=60):
+    """Poll url/ping until 200; fail early once running() says the server has exited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode} before it was ready")
         try:
-            if requests.get(f"{url}/ping", timeout=1).status_code == 200:
+            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
                 return
         except requests.ConnectionError:
             pass
+        if not running():
+            raise AssertionError("the server exited before /ping answered 200")
         time.sleep(0.1)
     raise AssertionError(f"{url}/ping did not answer 200 within {timeout} s")
 
@@ -123,10 +123,12 @@ def start_host_server(env, log_path, wait=True):
     server = HostServer(env, log_path)
     if wait:
         try:
-            wait_for_ping(server.url, proc=server.proc)
+            wait_for_ping(server.url, lambda: server.proc.poll() is None)
         except AssertionError as e:
+            logs = server.logs()  # before stop(), which closes the log file
             server.stop()
-            raise AssertionError(f"{e}\n--- serve log ---\n{server.logs()}") from None
+            raise AssertionError(f"{e} (serve's exit status: {server.proc.returncode})"
+                                 f"\n--- serve log ---\n{logs}") from None
     return server
 
 

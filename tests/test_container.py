@@ -20,7 +20,7 @@ import requests
 import spacy
 
 from bad_requests import check_over_http, each_bad_request, send_every_bad_request
-from conftest import TRAIN, free_port
+from conftest import TRAIN, free_port, wait_for_ping
 from samples import APPLE, APPLE_ENTITIES, batch_of
 
 # Enough real-model work to keep the one worker busy for several seconds.
@@ -56,17 +56,11 @@ class Container:
         return state.strip() == "true"
 
     def wait_ready(self, timeout=120):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{self.url}/ping", timeout=2).status_code == 200:
-                    return self
-            except requests.ConnectionError:
-                pass
-            if not self.running():
-                raise AssertionError(f"container exited before /ping answered:\n{self.logs()}")
-            time.sleep(0.2)
-        raise AssertionError(f"/ping did not answer 200 within {timeout} s:\n{self.logs()}")
+        try:
+            wait_for_ping(self.url, self.running, timeout)
+        except AssertionError as e:
+            raise AssertionError(f"{e}:\n{self.logs()}") from None
+        return self
 
     def invoke(self, body, timeout=60):
         return requests.post(f"{self.url}/invocations", json=body, timeout=timeout)
