@@ -178,3 +178,22 @@ def test_a_bug_answers_500_json_without_a_traceback(settings):
     body = response.get_data(as_text=True)
     assert "secret internal detail" not in body and "Traceback" not in body
     assert response.get_json()["error"]["code"] == "internal_error"
+
+
+def test_jsonlines_records_keep_their_other_fields_beside_the_entities(client):
+    """Batch transform output can be matched to its input by id, not by line order alone."""
+    body = (json.dumps({"id": 7, "text": SENTENCE}) + "\n"
+            + json.dumps({"text": "Eve lives in Rome.", "meta": {"source": ["a", 1], "n": None},
+                          "id": "x-8"}) + "\n"
+            + json.dumps("Bob moved to Berlin.") + "\n"
+            + json.dumps({"text": "Nothing happened here."}) + "\n"
+            + json.dumps({"id": 9, "text": "Carol", "entities": "theirs"}) + "\n")
+    response = invoke(client, body, "application/jsonlines", Accept="application/jsonlines")
+    lines = [json.loads(line) for line in response.data.decode().splitlines()]
+    assert lines[0] == {"id": 7, "entities": EXPECTED}
+    assert lines[1]["id"] == "x-8" and lines[1]["meta"] == {"source": ["a", 1], "n": None}
+    assert [e["text"] for e in lines[1]["entities"]] == ["Eve", "Rome"]
+    assert list(lines[2]) == ["entities"] and list(lines[3]) == ["entities"]
+    assert lines[4]["id"] == 9 and isinstance(lines[4]["entities"], list)  # ours win
+    as_json = invoke(client, body, "application/jsonlines").get_json()["results"]
+    assert as_json == lines

@@ -42,6 +42,9 @@ class Batch:
     # "text" and "plain" -> {"entities": ...}; "input" (the blog post's form) ->
     # {"output": ...}; "texts" and "lines" -> {"results": [...]} or one line per text.
     form: str
+    # JSON Lines only: each record's fields other than "text" ({} for a string record),
+    # answered unchanged beside its entities so that output can be matched to input.
+    extras: list = None
 
     @property
     def single(self):
@@ -108,18 +111,22 @@ def decode_jsonlines(body):
     lines = _utf8(body).split("\n")
     if lines and lines[-1] == "":
         lines.pop()
-    texts = []
+    texts, extras = [], []
     for n, line in enumerate(lines, 1):
         if not line.strip():  # a blank line is an empty record: one answer line still
             texts.append("")   # stands for it, so the output lines up with the input
+            extras.append({})
             continue
         record = _json(line.rstrip("\r"), f"line {n}")
+        fields = {}
         if isinstance(record, dict):
             if "text" not in record:
                 raise ApiError(400, "invalid_body", f'line {n} is an object without "text"')
+            fields = {k: v for k, v in record.items() if k != "text"}
             record = record["text"]
         texts.append(_check_text(record, f"line {n}"))
-    return Batch(texts, "lines")
+        extras.append(fields)
+    return Batch(texts, "lines", extras)
 
 
 DECODERS = {JSON: decode_json, TEXT: decode_text}
@@ -150,10 +157,16 @@ def entities(doc):
             for e in doc.ents]
 
 
-def record(doc, form):
+def record(doc, form, extra=None):
     if form == "input":
         return {"output": [[e.text, e.label_] for e in doc.ents]}
-    return {"entities": entities(doc)}
+    # A JSON Lines record's own fields come first and unchanged; "entities" is ours.
+    return {**(extra or {}), "entities": entities(doc)}
+
+
+def records(docs, batch):
+    extras = batch.extras or [None] * len(docs)
+    return [record(d, batch.form, x) for d, x in zip(docs, extras)]
 
 
 def dumps(obj):
@@ -163,11 +176,11 @@ def dumps(obj):
 def encode_json(docs, batch):
     if batch.single:
         return dumps(record(docs[0], batch.form))
-    return dumps({"results": [record(d, batch.form) for d in docs]})
+    return dumps({"results": records(docs, batch)})
 
 
 def encode_jsonlines(docs, batch):
-    return "".join(dumps(record(d, batch.form)) + "\n" for d in docs)
+    return "".join(dumps(r) + "\n" for r in records(docs, batch))
 
 
 def encode_html(docs, batch):
