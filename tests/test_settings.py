@@ -19,7 +19,9 @@ def test_every_setting_is_read():
         "MODEL_SERVER_TIMEOUT": "30", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "4",
         "SPACY_MODEL": "my_model", "SM_MODEL_DIR": "/models", "SPACY_DEFAULT_MODEL": "/baked",
         "SPACY_FULL_PIPELINE": "yes", "LOG_LEVEL": "debug"})
-    assert s == Settings(9000, 3, 30, 4, "my_model", "/models", "/baked", True, "DEBUG")
+    assert s == Settings(port=9000, workers=3, timeout=30, max_payload_mb=4, spacy_model="my_model",
+                        model_dir="/models", default_model="/baked", full_pipeline=True,
+                        log_level="DEBUG")
 
 
 @pytest.mark.parametrize("name,value,message", [

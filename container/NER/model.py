@@ -9,6 +9,7 @@ Where the model comes from, first match wins:
 
 import logging
 import os
+import time
 
 import spacy
 
@@ -104,12 +105,31 @@ def load(settings):
     # The first call allocates buffers and fills caches; do it here rather than in a
     # client's request, and before /ping reports ready.
     list(nlp.pipe(["Warm-up: Apple is looking at buying U.K. startup for $1 billion."]))
+    warmed, seconds = warm_tokenizer(nlp)
 
     labels = sorted({label for n in ner if hasattr(nlp.get_pipe(n), "labels")
                      for label in nlp.get_pipe(n).labels})
     log.info(
-        "model %s_%s %s from %s (%s); running %s; labels %s",
+        "model %s_%s %s from %s (%s); running %s; labels %s; tokenizer cache warmed with "
+        "%d words in %.1f s",
         nlp.meta.get("lang", "?"), nlp.meta.get("name", "?"), nlp.meta.get("version", "?"),
-        name, source, ",".join(nlp.pipe_names), ",".join(labels),
+        name, source, ",".join(nlp.pipe_names), ",".join(labels), warmed, seconds,
     )
     return nlp
+
+
+def warm_tokenizer(nlp, chunk=5000):
+    """Fill the tokenizer's cache with every word the pipeline's StringStore holds.
+
+    Requests run inside nlp.memory_zone() (batcher.py), where spaCy does not add to the
+    tokenizer cache, so whatever is cached now is all the cache will ever hold. The
+    model's own vocabulary (about 84,000 strings for en_core_web_sm) is the best guess of
+    the words that will come. This runs once, in gunicorn's master before the fork, so
+    every worker shares the cache. Returns (words, seconds).
+    """
+    started = time.perf_counter()
+    words = [s for s in nlp.vocab.strings if 0 < len(s) < 50 and s.isprintable()
+             and not any(c.isspace() for c in s)]
+    for i in range(0, len(words), chunk):
+        nlp.tokenizer(" ".join(words[i:i + chunk]))
+    return len(words), time.perf_counter() - started

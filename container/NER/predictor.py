@@ -2,7 +2,7 @@
 
 create_app(nlp, settings) builds it around an already loaded pipeline, so the tests,
 the host and the image all run this same code. One request path:
-decode -> nlp.pipe -> encode (see protocol.py).
+decode.decode -> batcher.Batcher.predict (nlp.pipe) -> encode.encode.
 """
 
 import logging
@@ -10,8 +10,10 @@ import logging
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-import protocol
-from protocol import ApiError
+import decode
+import encode
+from batcher import Batcher
+from protocol import JSON, ApiError, dumps, error_body
 
 log = logging.getLogger("ner.predictor")
 
@@ -22,13 +24,17 @@ HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_t
 
 
 def _json_response(status, body):
-    return Response(protocol.dumps(body), status=status, mimetype=protocol.JSON)
+    return Response(dumps(body), status=status, mimetype=JSON)
 
 
-def create_app(nlp, settings):
+def create_app(nlp, settings, batcher=None):
+    """The app around a loaded pipeline. `batcher` defaults to one built from settings."""
     app = Flask(__name__)
     # Same limit as nginx's client_max_body_size, for when the app is reached directly.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes
+    batcher = batcher or Batcher(nlp, settings.batch_characters, settings.timeout,
+                                 settings.stuck_seconds)
+    app.extensions["batcher"] = batcher  # for tests and debugging: the worker's one batcher
 
     @app.get("/ping")
     def ping():
@@ -47,11 +53,11 @@ def create_app(nlp, settings):
 
     @app.post("/invocations")
     def invocations():
-        answer_type = protocol.negotiate(request.accept_mimetypes)
-        batch = protocol.decode(request.get_data(cache=False), request.mimetype,
-                                request.mimetype_params.get("charset"), nlp.max_length)
-        docs = list(nlp.pipe(batch.texts))
-        body, content_type = protocol.encode(docs, batch, answer_type)
+        answer_type = encode.negotiate(request.accept_mimetypes, settings.default_accept)
+        texts, shape = decode.decode(request.get_data(cache=False), request.mimetype,
+                                     request.mimetype_params.get("charset"), nlp.max_length)
+        results = batcher.predict(texts)
+        body, content_type = encode.encode(texts, results, shape, answer_type)
         return Response(body, status=200, content_type=content_type)
 
     @app.after_request
@@ -70,16 +76,17 @@ def create_app(nlp, settings):
     def http_error(e):
         # 404, 405, 413 from Flask itself: same JSON shape as ours, never an HTML page.
         code = HTTP_ERROR_CODES.get(e.code) or (e.name or "error").lower().replace(" ", "_")
-        response = _json_response(e.code, protocol.error_body(code, e.description))
+        response = _json_response(e.code, error_body(code, e.description))
         if e.code == 405:
             response.headers["Allow"] = ", ".join(e.valid_methods or [])
         return response
 
     @app.errorhandler(Exception)
     def unexpected(e):
-        # A bug of ours, not the client's: log the traceback, answer without it.
+        # A bug of ours or the pipeline's, not the client's: log the traceback, answer
+        # without it. Requests merged into the same nlp.pipe call are answered (batcher.py).
         log.exception("unexpected error in %s %s", request.method, request.path)
-        return _json_response(500, protocol.error_body(
+        return _json_response(500, error_body(
             "internal_error", "unexpected server error; see the container log"))
 
     return app

@@ -11,6 +11,14 @@ import os
 from dataclasses import dataclass
 
 
+# nginx answers a client with a JSON 504 after MODEL_SERVER_TIMEOUT. A worker whose model
+# call is still running this much later is stuck, not slow, and is replaced (batcher.py's
+# watchdog; gunicorn's --timeout for a worker whose main thread stops). Late enough that a
+# merely slow call finishes the requests merged with it; early enough that a stuck worker
+# does not turn away every request it has accepted for long.
+WORKER_BACKSTOP_SECONDS = 10
+
+
 class SettingsError(ValueError):
     """A setting has a value the server cannot start with."""
 
@@ -67,11 +75,29 @@ def _bool(env, name, default):
     raise SettingsError(f"{name}={raw!r} is not true or false")
 
 
+ACCEPTS = {"application/json": "application/json", "text/html": "text/html",
+           "application/jsonlines": "application/jsonlines",
+           "application/x-jsonlines": "application/jsonlines",
+           "application/jsonl": "application/jsonlines"}
+
+
+def _accept(env, name):
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return "application/json"
+    if raw not in ACCEPTS:
+        raise SettingsError(f"{name}={raw!r} is not one of {', '.join(ACCEPTS)}")
+    return ACCEPTS[raw]
+
+
 @dataclass(frozen=True)
 class Settings:
     port: int = 8080
     workers: int = 1
     timeout: int = 60
+    threads: int = 16
+    batch_characters: int = 100_000
+    default_accept: str = "application/json"
     max_payload_mb: int = 6
     spacy_model: str = ""
     model_dir: str = "/opt/ml/model"
@@ -85,6 +111,11 @@ class Settings:
         nginx's "6m" is 6 MiB; the app uses the same unit so both limits agree to the byte."""
         return self.max_payload_mb * 1024 * 1024 or None
 
+    @property
+    def stuck_seconds(self):
+        """How long one model call may run before its worker is replaced."""
+        return self.timeout + WORKER_BACKSTOP_SECONDS
+
     @classmethod
     def from_env(cls, env=None):
         env = os.environ if env is None else env
@@ -97,6 +128,10 @@ class Settings:
             workers=_int(env, "MODEL_SERVER_WORKERS", available_cpus(), 1, 256),
             # SageMaker gives /invocations 60 s; a worker stuck longer is killed and replaced.
             timeout=_int(env, "MODEL_SERVER_TIMEOUT", 60, 1, 3600),
+            threads=_int(env, "MODEL_SERVER_THREADS", 16, 1, 256),
+            batch_characters=_int(env, "MODEL_SERVER_BATCH_CHARACTERS", 100_000, 1,
+                                  100_000_000),
+            default_accept=_accept(env, "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"),
             # 6 MB is the real-time endpoint limit; batch transform sets this variable itself,
             # to 0 for a job whose MaxPayloadInMB is 0 (no limit).
             max_payload_mb=_int(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", 6, 0, 1024),

@@ -1,0 +1,131 @@
+"""Request bodies in: the texts to run, and the Shape their answer must take.
+
+One decoder per Content-Type. Every request form (text, texts, the blog post's input,
+text/plain, JSON Lines) ends as a plain list of texts, so that requests of any form can be
+merged into one nlp.pipe call (batcher.py). A client's mistake raises ApiError (4xx).
+"""
+
+import json
+from dataclasses import dataclass, field
+
+from protocol import JSON, JSONLINES_ALIASES, TEXT, ApiError
+
+UTF8_CHARSETS = ("utf-8", "utf8", "us-ascii", "ascii")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How the answer is shaped; everything encode.py needs besides the entities.
+
+    form: how the texts arrived. "text" and "plain" answer {"entities": ...}; "input" (the
+    blog post's form) answers {"output": [[text, label], ...]}; "texts" and "lines" answer
+    {"results": [...]} or, with Accept JSON Lines, one line per text.
+    extras: JSON Lines only, each record's fields other than "text" ({} for a string
+    record or a blank line), answered unchanged beside its entities so that output can be
+    matched to input by id rather than by line order alone.
+    """
+
+    form: str
+    extras: tuple = field(default=())
+
+    @property
+    def single(self):
+        return self.form in ("text", "plain", "input")
+
+
+def _utf8(body):
+    try:
+        # utf-8-sig: a byte-order mark some Windows tools prepend is not part of the text.
+        return body.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ApiError(400, "invalid_utf8", f"body is not valid UTF-8 (byte {e.start})") from None
+
+
+def _json(text, where="body"):
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ApiError(400, "json_too_deep", f"{where} nests JSON too deeply") from None
+    except ValueError as e:
+        raise ApiError(400, "invalid_json", f"{where} is not valid JSON: {e}") from None
+
+
+def _kind(value):
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            int: "a number", float: "a number", type(None): "null"}.get(type(value), "?")
+
+
+def _check_text(value, where):
+    if not isinstance(value, str):
+        raise ApiError(400, "invalid_field", f"{where} must be a string, not {_kind(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate such as "\ud800" in JSON
+        raise ApiError(400, "invalid_text", f"{where} holds a lone surrogate, not text") from None
+    return value
+
+
+def decode_json(body):
+    obj = _json(_utf8(body))
+    if not isinstance(obj, dict):
+        raise ApiError(400, "invalid_body",
+                       f'JSON body must be an object such as {{"text": "..."}}, not {_kind(obj)}')
+    present = [k for k in ("text", "texts", "input") if k in obj]
+    if len(present) != 1:
+        raise ApiError(400, "invalid_body", 'JSON body needs exactly one of "text", "texts" '
+                       f'or "input"; found {present or "none"}')
+    key = present[0]
+    if key == "texts":
+        texts = obj["texts"]
+        if not isinstance(texts, list):
+            raise ApiError(400, "invalid_field", f'"texts" must be an array, not {_kind(texts)}')
+        return [_check_text(t, f'"texts"[{i}]') for i, t in enumerate(texts)], Shape("texts")
+    return [_check_text(obj[key], f'"{key}"')], Shape(key)
+
+
+def decode_text(body):
+    return [_check_text(_utf8(body), "body")], Shape("plain")
+
+
+def decode_jsonlines(body):
+    """One record per line: a JSON string or {"text": ..., any other fields}. This is what
+    batch transform sends with SplitType=Line; a final newline does not start another
+    record, and a blank line is an empty record, so the answer keeps one line per line."""
+    lines = _utf8(body).split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    texts, extras = [], []
+    for n, line in enumerate(lines, 1):
+        record, fields = "", {}
+        if line.strip():
+            record = _json(line.rstrip("\r"), f"line {n}")
+            if isinstance(record, dict):
+                if "text" not in record:
+                    raise ApiError(400, "invalid_body", f'line {n} is an object without "text"')
+                fields = {k: v for k, v in record.items() if k != "text"}
+                record = record["text"]
+        texts.append(_check_text(record, f"line {n}"))
+        extras.append(fields)
+    return texts, Shape("lines", tuple(extras))
+
+
+DECODERS = {JSON: decode_json, TEXT: decode_text}
+DECODERS.update({alias: decode_jsonlines for alias in JSONLINES_ALIASES})
+
+
+def decode(body, mimetype, charset, max_length):
+    """(texts, Shape) for a request body; ApiError for anything a client got wrong."""
+    if mimetype not in DECODERS:
+        raise ApiError(415, "unsupported_content_type",
+                       f"Content-Type {mimetype or '(none)'!r} is not supported; use "
+                       f"{JSON}, {TEXT} or {JSONLINES_ALIASES[0]}")
+    if charset and charset.lower() not in UTF8_CHARSETS:
+        raise ApiError(415, "unsupported_charset", f"charset {charset!r} is not supported; "
+                       "send UTF-8")
+    texts, shape = DECODERS[mimetype](body)
+    for i, text in enumerate(texts):
+        if len(text) > max_length:
+            where = "text" if shape.single else f"text {i}"
+            raise ApiError(413, "text_too_long", f"{where} has {len(text)} characters; the "
+                           f"model takes at most {max_length} (nlp.max_length)")
+    return texts, shape

@@ -1,0 +1,65 @@
+"""Answers out: the content type a client accepts, and the bytes of the answer.
+
+The answer is built from plain entity records ({"text", "label", "start", "end"} per
+entity, one list per text; batcher.py makes them inside nlp.memory_zone()), never from
+spaCy Docs, which do not outlive the zone. displaCy included: it renders plain dicts
+with manual=True.
+"""
+
+from spacy import displacy
+
+from protocol import HTML, JSON, JSONLINES, JSONLINES_ALIASES, ApiError, dumps
+
+OFFERED = [JSON, *JSONLINES_ALIASES, HTML]
+
+
+def negotiate(accept, default=JSON):
+    """The answer's content type for an Accept header (a werkzeug MIMEAccept, empty when
+    the header is absent). `default` answers a request without Accept, or with */*
+    (SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT), as the SageMaker inference toolkit does."""
+    if not accept or all(value == "*/*" for value, _ in accept):
+        return default
+    best = accept.best_match(OFFERED)
+    if best is None:
+        raise ApiError(406, "not_acceptable", f"cannot answer with Accept {accept.to_header()!r}; "
+                       f"offered: {JSON}, {JSONLINES}, {HTML}")
+    return JSONLINES if best in JSONLINES_ALIASES else best
+
+
+def _record(entities, form, extra):
+    if form == "input":  # the blog post's answer: [text, label] pairs
+        return {"output": [[e["text"], e["label"]] for e in entities]}
+    # A JSON Lines record's own fields come first and unchanged; "entities" is ours.
+    return {**extra, "entities": entities}
+
+
+def _records(results, shape):
+    extras = shape.extras or [{}] * len(results)
+    return [_record(ents, shape.form, x) for ents, x in zip(results, extras)]
+
+
+def encode_json(texts, results, shape):
+    records = _records(results, shape)
+    return dumps(records[0] if shape.single else {"results": records})
+
+
+def encode_jsonlines(texts, results, shape):
+    return "".join(dumps(r) + "\n" for r in _records(results, shape))
+
+
+def encode_html(texts, results, shape):
+    # displaCy escapes the text; page=True makes a whole document a browser can open.
+    docs = [{"text": text, "title": None,
+             "ents": [{"start": e["start"], "end": e["end"], "label": e["label"]} for e in ents]}
+            for text, ents in zip(texts, results)]
+    return displacy.render(docs, style="ent", manual=True, page=True, minify=True)
+
+
+ENCODERS = {JSON: encode_json, JSONLINES: encode_jsonlines, HTML: encode_html}
+
+
+def encode(texts, results, shape, mimetype):
+    """(body bytes, Content-Type) of the answer: one entity list in `results` per text."""
+    body = ENCODERS[mimetype](texts, results, shape)
+    content_type = f"{mimetype}; charset=utf-8" if mimetype == HTML else mimetype
+    return body.encode("utf-8"), content_type
