@@ -1,5 +1,6 @@
 """The Flask app around a tiny real spaCy model: every request form, content negotiation,
-and the table of bad requests. Fast: no nginx, no gunicorn (test_serve.py adds those)."""
+and the table of bad requests. Fast: no nginx, no gunicorn (test_serve.py adds those;
+test_batching.py covers concurrent requests and a pipeline that raises)."""
 
 import json
 
@@ -7,7 +8,7 @@ import pytest
 
 import model
 import predictor
-from bad_requests import BAD_REQUESTS, check_error, each_bad_request
+from bad_requests import check_error, each_bad_request
 from settings import Settings
 
 SENTENCE = "Alice works at Acme in Paris."
@@ -131,6 +132,21 @@ def test_json_is_the_default_answer(client, accept):
     assert response.get_json() == {"entities": EXPECTED}
 
 
+def test_sagemaker_default_invocations_accept_answers_requests_without_accept(settings):
+    nlp = model.load(settings)
+    lines = Settings.from_env({"SPACY_MODEL": settings.spacy_model,
+                               "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "application/jsonlines"})
+    client = predictor.create_app(nlp, lines).test_client()
+    body = f'"{SENTENCE}"\n"Eve lives in Rome."\n'
+    for headers in ({}, {"Accept": "*/*"}):
+        response = invoke(client, body, "application/jsonlines", **headers)
+        assert response.content_type == "application/jsonlines"
+        assert json.loads(response.data.decode().splitlines()[0]) == {"entities": EXPECTED}
+    # A client that names a type still gets it.
+    response = invoke(client, body, "application/jsonlines", Accept="application/json")
+    assert response.get_json()["results"][0] == {"entities": EXPECTED}
+
+
 def test_html_is_displacys_rendering_with_the_text_escaped(client):
     text = "<script>alert(1)</script> Alice works at Acme in Paris."
     response = invoke(client, {"text": text}, Accept="text/html")
@@ -160,24 +176,6 @@ def test_a_bad_request_gets_a_json_4xx_and_the_app_keeps_answering(
     response = client.open(path, method=method, data=body, headers=headers)
     check_error(response.status_code, response.headers, response.data, status, code)
     assert invoke(client, {"text": SENTENCE}).get_json() == {"entities": EXPECTED}
-
-
-def test_there_are_at_least_25_bad_requests_in_the_table():
-    assert len(BAD_REQUESTS) >= 25
-
-
-def test_a_bug_answers_500_json_without_a_traceback(settings):
-    class Broken:
-        max_length = 1000
-
-        def pipe(self, texts):
-            raise RuntimeError("secret internal detail")
-
-    response = invoke(predictor.create_app(Broken(), settings).test_client(), {"text": "x"})
-    assert response.status_code == 500
-    body = response.get_data(as_text=True)
-    assert "secret internal detail" not in body and "Traceback" not in body
-    assert response.get_json()["error"]["code"] == "internal_error"
 
 
 def test_jsonlines_records_keep_their_other_fields_beside_the_entities(client):

@@ -177,7 +177,9 @@ def test_a_killed_worker_is_replaced_and_serving_goes_on(server):
                and workers[0] not in gunicorn_workers(server)[1], 30,
                "gunicorn did not replace the killed worker")
     assert gunicorn_workers(server)[0] == master
-    for _ in range(4):  # both workers, old and new, answer
+    # Which worker takes a request is the kernel's choice: this checks that the server
+    # answers with the new worker in place, not that the new worker took a request.
+    for _ in range(4):
         assert invoke(server, {"text": APPLE}).json() == {"entities": APPLE_ENTITIES}
 
 

@@ -1,0 +1,74 @@
+"""spaCy components that misbehave on purpose, for the tests of the request path.
+
+They are real spaCy components, added to a real (tiny) pipeline saved with nlp.to_disk,
+and loaded by `serve` the way any custom component is: through the `spacy_factories`
+entry point that the dist-info folder beside this file declares. Tests that start `serve`
+put this folder on PYTHONPATH; in-process tests import the module.
+
+Each acts only on texts holding its marker word, so the same pipeline answers ordinary
+texts normally:
+- test_raise: raises on RAISE (a pipeline bug on one request's text);
+- test_stall: never returns on STALL (a model stuck for good);
+- test_hold: waits on HOLD until the test calls release() (the model busy for as long
+  as a test needs to queue requests behind it);
+- test_count: counts the nlp.pipe calls that reach it (one per call: spaCy calls a
+  component's pipe() once per nlp.pipe).
+"""
+
+import threading
+import time
+
+from spacy.language import Language
+
+holding = threading.Event()  # set while a HOLD text is in the pipeline
+_release = threading.Event()
+pipe_calls = []  # one entry per nlp.pipe call: the number of docs it carried
+
+
+def release():
+    _release.set()
+
+
+def reset():
+    holding.clear()
+    _release.clear()
+    pipe_calls.clear()
+
+
+@Language.component("test_raise")
+def raise_on_marker(doc):
+    if "RAISE" in doc.text:
+        raise RuntimeError("secret internal detail")
+    return doc
+
+
+@Language.component("test_stall")
+def stall_on_marker(doc):
+    while "STALL" in doc.text:
+        time.sleep(0.2)  # a pure-Python loop: the worker's other threads keep running
+    return doc
+
+
+@Language.component("test_hold")
+def hold_on_marker(doc):
+    if "HOLD" in doc.text:
+        holding.set()
+        _release.wait(timeout=60)
+    return doc
+
+
+class PipeCounter:
+    def __call__(self, doc):
+        pipe_calls.append(1)
+        return doc
+
+    def pipe(self, docs, **kwargs):
+        pipe_calls.append(0)
+        for doc in docs:
+            pipe_calls[-1] += 1
+            yield doc
+
+
+@Language.factory("test_count")
+def make_counter(nlp, name):
+    return PipeCounter()

@@ -1,0 +1,292 @@
+"""Concurrent requests merged into one nlp.pipe call (batcher.py), inside a memory zone.
+
+In-process tests drive the Flask app from many threads at once around a real tiny
+pipeline with the misbehaving components of tests/plugins; the last tests start the real
+`serve` (nginx + gunicorn gthread workers) with the same pipeline. Nothing here is timed:
+a test holds the model busy (test_hold) for as long as it needs requests to queue.
+"""
+
+import json
+import re
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+import spacy
+
+import model
+import predictor
+from batcher import Batcher
+from bad_requests import check_error
+from conftest import TRAIN
+from settings import Settings
+
+PLUGINS = Path(__file__).resolve().parent / "plugins"
+sys.path.insert(0, str(PLUGINS))
+import ner_test_components as components  # noqa: E402
+
+TEXTS = [text for text, _ in TRAIN]
+
+
+def novel_words(n, seed):
+    """Texts of words no model has seen: ids, names and typos, as real traffic brings."""
+    return [f"Order X{seed}Q{i}Z by Zorblax{seed}v{i} reached Quenbury{i}x{seed} "
+            f"on day {seed * 100000 + i}." for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def misbehaving_model(tiny_model, tmp_path_factory):
+    """The tiny NER pipeline plus test_raise, test_stall, test_hold and test_count."""
+    nlp = spacy.load(tiny_model)
+    for name in ("test_raise", "test_stall", "test_hold", "test_count"):
+        nlp.add_pipe(name)
+    path = tmp_path_factory.mktemp("models") / "misbehaving"
+    nlp.to_disk(path)
+    return path
+
+
+@pytest.fixture
+def app(misbehaving_model):
+    """A fresh app (and so a fresh batcher) around the pipeline, every component on."""
+    yield app_with(misbehaving_model)
+    components.release()  # never leave the batching thread waiting
+
+
+def app_with(pipeline, **env):
+    """The app around the pipeline, every component on; the test components' state reset
+    after the model's own warm-up call."""
+    settings = Settings.from_env({"SPACY_MODEL": str(pipeline), "SPACY_FULL_PIPELINE": "true",
+                                  **env})
+    application = predictor.create_app(model.load(settings), settings)
+    components.reset()
+    return application
+
+
+def post(app, body, content_type="application/json", **headers):
+    if not isinstance(body, (bytes, str)):
+        body = json.dumps(body)
+    # One test client per call: clients keep cookies and are not meant for sharing.
+    return app.test_client().post("/invocations", data=body, content_type=content_type,
+                                  headers=headers)
+
+
+def wait_until(condition, message, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(message)
+        time.sleep(0.01)
+
+
+class Held:
+    """The model held busy by a HOLD request while the test queues requests behind it."""
+
+    def __init__(self, app, pool):
+        self.app, self.pool = app, pool
+        self.batcher = app.extensions["batcher"]
+        self.first = pool.submit(post, app, {"text": "HOLD Alice works at Acme in Paris."})
+        wait_until(components.holding.is_set, "the HOLD request never reached the model")
+
+    def queue(self, bodies):
+        """Send each (body, content_type); return futures once all wait in the queue."""
+        before = self.batcher.queued()
+        futures = [self.pool.submit(post, self.app, *b) for b in bodies]
+        wait_until(lambda: self.batcher.queued() == before + len(bodies),
+                   "the requests did not all reach the batcher's queue")
+        return futures
+
+    def release(self):
+        components.release()
+        assert self.first.result(timeout=30).status_code == 200
+
+
+def expected_entities(nlp_path, texts):
+    nlp = spacy.load(nlp_path)
+    return [[{"text": e.text, "label": e.label_, "start": e.start_char, "end": e.end_char}
+             for e in doc.ents] for doc in nlp.pipe(texts)]
+
+
+def test_requests_queued_while_the_model_is_busy_merge_into_one_nlp_pipe_call(app):
+    with ThreadPoolExecutor(32) as pool:
+        held = Held(app, pool)
+        futures = held.queue([({"text": t},) for t in TEXTS * 2])
+        held.release()
+        assert all(f.result(timeout=30).status_code == 200 for f in futures)
+    # One call for the HOLD request, one for the 20 that queued behind it.
+    assert components.pipe_calls == [1, 20]
+
+
+def test_concurrent_requests_of_every_form_each_get_exactly_their_own_entities(
+        app, misbehaving_model):
+    """64 threads at once, five request forms, different texts: no answer goes astray."""
+    texts = [f"{t} Case {i}." for i, t in enumerate(TEXTS * 7)][:64]
+    want = expected_entities(misbehaving_model, texts)
+    forms = [
+        lambda i: (({"text": texts[i]}), "application/json", {},
+                   lambda r: [r.get_json()["entities"]]),
+        lambda i: (({"texts": [texts[i], texts[-1 - i]]}), "application/json", {},
+                   lambda r: [x["entities"] for x in r.get_json()["results"]]),
+        lambda i: (texts[i].encode(), "text/plain", {}, lambda r: [r.get_json()["entities"]]),
+        lambda i: (json.dumps({"id": i, "text": texts[i]}) + "\n" + json.dumps(texts[-1 - i]),
+                   "application/jsonlines", {"Accept": "application/jsonlines"},
+                   lambda r: [json.loads(line)["entities"]
+                              for line in r.data.decode().splitlines()]),
+    ]
+
+    def one(i):
+        body, content_type, headers, read = forms[i % len(forms)](i)
+        response = post(app, body, content_type, **headers)
+        assert response.status_code == 200, response.data
+        got = read(response)
+        expected = want[i:i + 1] if len(got) == 1 else [want[i], want[-1 - i]]
+        return got, expected
+
+    with ThreadPoolExecutor(64 + 1) as pool:  # and one for the HOLD request
+        held = Held(app, pool)  # so that the 64 really arrive together, and merge
+        futures = [pool.submit(one, i) for i in range(64)]
+        wait_until(lambda: held.batcher.queued() == 64, "not all 64 requests queued")
+        held.release()
+        for future in futures:
+            got, expected = future.result(timeout=60)
+            assert got == expected
+    blog = post(app, {"input": texts[0]}).get_json()
+    assert blog == {"output": [[e["text"], e["label"]] for e in want[0]]}
+    assert len(components.pipe_calls) < 64
+
+
+def test_a_failing_request_merged_with_good_ones_fails_alone(app, caplog):
+    with ThreadPoolExecutor(8) as pool:
+        held = Held(app, pool)
+        good_before = held.queue([({"texts": TEXTS[:3]},)])
+        bad = held.queue([({"texts": ["Bob moved to Berlin.", "RAISE this one"]},)])
+        good_after = held.queue([({"text": TEXTS[0]},), ({"text": TEXTS[5]},)])
+        held.release()
+        failed = bad[0].result(timeout=30)
+        check_error(failed.status_code, failed.headers, failed.data, 500, "internal_error")
+        assert b"secret internal detail" not in failed.data
+        for future in good_before + good_after:
+            assert future.result(timeout=30).status_code == 200
+    alice = good_after[0].result().get_json()["entities"]
+    assert [e["text"] for e in alice] == ["Alice", "Acme", "Paris"]
+    # The merged call failed once; its requests then ran one by one.
+    assert components.pipe_calls[:2] == [1, 4]
+    assert "secret internal detail" in caplog.text  # logged for the operator, with its trace
+
+
+def test_the_character_cap_bounds_each_merged_call(misbehaving_model):
+    app = app_with(misbehaving_model, MODEL_SERVER_BATCH_CHARACTERS="100")
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            held = Held(app, pool)
+            forty = "Eve lives in Rome and Bob in Berlin, okay."  # 42 characters
+            big = "Alice works at Acme in Paris. " * 10  # 300: over the cap, runs alone
+            futures = held.queue([({"text": forty},)] * 5 + [({"text": big},)]
+                                 + [({"text": forty},)] * 2)
+            held.release()
+            assert all(f.result(timeout=30).status_code == 200 for f in futures)
+    finally:
+        components.release()
+    # Two 42-character requests fit in 100; the big one alone; then the last two.
+    assert components.pipe_calls == [1, 2, 2, 1, 1, 2]
+
+
+def test_a_request_that_waited_past_the_timeout_is_dropped_with_a_504(misbehaving_model):
+    app = app_with(misbehaving_model, MODEL_SERVER_TIMEOUT="1")
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            held = Held(app, pool)
+            late = held.queue([({"text": TEXTS[0]},)])
+            time.sleep(1.2)  # longer than MODEL_SERVER_TIMEOUT in the queue
+            held.release()
+            response = late[0].result(timeout=30)
+    finally:
+        components.release()
+    check_error(response.status_code, response.headers, response.data, 504, "model_timeout")
+    assert components.pipe_calls == [1]  # it never reached the model
+
+
+def test_a_stuck_model_call_wakes_the_watchdog():
+    """The watchdog's action in a worker is to exit (test_serve below); here, a callback."""
+    stuck = threading.Event()
+    nlp = spacy.blank("en")
+    nlp.add_pipe("test_stall")
+    batcher = Batcher(nlp, 1000, timeout=60, stuck_seconds=1,
+                      on_stuck=lambda seconds: stuck.set())
+    threading.Thread(target=batcher.predict, args=(["STALL"],), daemon=True).start()
+    assert stuck.wait(timeout=10), "the watchdog did not notice a call stuck for 1 s"
+
+
+def test_novel_words_leave_the_vocabulary_as_it_was(app, misbehaving_model):
+    nlp_strings = app.extensions["batcher"].nlp.vocab.strings
+    post(app, {"texts": novel_words(10, seed=0)})
+    before = len(nlp_strings)
+    for seed in range(1, 21):
+        assert post(app, {"texts": novel_words(50, seed)}).status_code == 200
+        assert post(app, novel_words(1, seed + 100)[0].encode(), "text/plain").status_code == 200
+    assert len(nlp_strings) == before
+    # Without a memory zone the same traffic adds its words for good.
+    nlp = spacy.load(misbehaving_model)
+    list(nlp.pipe(novel_words(50, seed=1)))
+    assert len(nlp.vocab.strings) > len(spacy.load(misbehaving_model).vocab.strings) + 100
+
+
+def test_html_is_rendered_from_plain_records_after_the_zone_closed(app):
+    response = post(app, {"text": "Alice works at Acme in Paris."}, Accept="text/html")
+    page = response.data.decode()
+    assert response.status_code == 200 and page.startswith("<!DOCTYPE html>")
+    for entity, label in (("Alice", "PERSON"), ("Acme", "ORG"), ("Paris", "GPE")):
+        assert re.search(f"<mark[^>]*>{entity}<span[^>]*>{label}</span></mark>", page)
+
+
+# --- the same through the real serve ------------------------------------------------
+
+@pytest.fixture
+def serve_with_plugins(start_server, misbehaving_model):
+    def start(**env):
+        return start_server(SPACY_MODEL=misbehaving_model, SPACY_FULL_PIPELINE="true",
+                            PYTHONPATH=PLUGINS, **env)
+    return start
+
+
+def worker_pids(server):
+    gunicorn = [p for p in psutil.Process(server.proc.pid).children()
+                if "gunicorn" in " ".join(p.cmdline())]
+    return sorted(p.pid for p in gunicorn[0].children())
+
+
+def test_serve_merges_concurrent_requests_and_keeps_the_vocabulary_flat(serve_with_plugins):
+    server = serve_with_plugins(MODEL_SERVER_WORKERS=1, LOG_LEVEL="DEBUG")
+    url = f"{server.url}/invocations"
+    texts = [novel_words(1, seed)[0] for seed in range(200)]
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(
+            lambda t: requests.post(url, json={"text": t}, timeout=60), texts))
+    assert all(a.status_code == 200 for a in answers)
+    for text, answer in zip(texts, answers):
+        for e in answer.json()["entities"]:
+            assert text[e["start"]:e["end"]] == e["text"]
+    calls = [line for line in server.logs().splitlines() if "nlp.pipe call" in line]
+    assert len(calls) < len(texts), "no requests were merged"
+    strings = {int(line.rsplit("vocabulary ", 1)[1].split()[0]) for line in calls}
+    assert len(strings) == 1, f"the vocabulary grew: {sorted(strings)[:3]}..."
+
+
+def test_a_worker_stuck_in_the_model_is_replaced(serve_with_plugins):
+    server = serve_with_plugins(MODEL_SERVER_WORKERS=1, MODEL_SERVER_TIMEOUT=1)
+    before = worker_pids(server)
+    response = requests.post(f"{server.url}/invocations", json={"text": "STALL here"},
+                             timeout=30)
+    check_error(response.status_code, response.headers, response.content, 504,
+                "model_timeout")
+    # WORKER_BACKSTOP_SECONDS (10) after the timeout, the watchdog ends the worker.
+    wait_until(lambda: worker_pids(server) and worker_pids(server) != before,
+               "the stuck worker was not replaced", timeout=40)
+    answer = requests.post(f"{server.url}/invocations", json={"text": TEXTS[0]}, timeout=30)
+    assert [e["text"] for e in answer.json()["entities"]] == ["Alice", "Acme", "Paris"]
+    assert "the model is stuck" in server.logs()
+    assert server.proc.poll() is None, "serve itself must keep running"
