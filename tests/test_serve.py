@@ -291,3 +291,15 @@ def test_a_model_without_ner_stops_start_up_with_one_clear_line(tmp_path):
     assert code != 0
     assert f"cannot start: model '{tmp_path / 'blank'}' (from SPACY_MODEL) has no " \
            "named-entity component" in output
+
+
+def test_each_worker_runs_one_blas_thread_unless_the_user_says_otherwise(server, start_server):
+    """The workers are the parallelism: numpy's OpenBLAS must not start one thread per CPU
+    in each of them. A value the user sets is passed through unchanged."""
+    _, workers = gunicorn_workers(server)
+    for pid in workers:
+        env = psutil.Process(pid).environ()
+        assert (env.get("OPENBLAS_NUM_THREADS"), env.get("OMP_NUM_THREADS")) == ("1", "1")
+    mine = start_server(MODEL_SERVER_WORKERS=1, OPENBLAS_NUM_THREADS=2)
+    env = psutil.Process(gunicorn_workers(mine)[1][0]).environ()
+    assert (env["OPENBLAS_NUM_THREADS"], env["OMP_NUM_THREADS"]) == ("2", "1")
