@@ -1,14 +1,15 @@
 """How concurrent requests are merged: one nlp.pipe call for whatever is queued.
 
 Each gunicorn worker runs MODEL_SERVER_THREADS request threads (gunicorn's gthread
-worker) and one batching thread, the only thread that touches the pipeline. A request
-thread decodes its body, hands its texts to the batcher and waits; the batching thread
-takes everything queued at that moment (in arrival order, up to
-MODEL_SERVER_BATCH_CHARACTERS) and runs it through one nlp.pipe call. There is no delay
-window: a request that arrives while the model is idle goes straight in, alone; batches
-form only from what queued while the model was busy. spaCy spends about twice the CPU
-per document on a call of one text as on a batch, so under load this is where the
-throughput comes from.
+worker). Only one of them runs the pipeline at a time. A request thread decodes its body
+and queues its texts; if the model is idle, it runs the model itself, at once (no thread
+hand-off, no delay window, so a lone request is as fast as a direct nlp.pipe call). If the
+model is busy, it waits. The thread running the model takes everything queued at that
+moment (in arrival order, up to MODEL_SERVER_BATCH_CHARACTERS) into one nlp.pipe call;
+once its own request is answered it hands the model to the oldest waiting request, whose
+thread takes everything queued by then. So batches form only from what queued while the
+model was busy. spaCy spends about twice the CPU per document on a call of one text as on
+a batch, so under load this is where the throughput comes from.
 
 Every merged call runs inside nlp.memory_zone(): the strings and lexemes that new words
 add to the Vocab are freed when it ends, so memory stays flat however many novel words
@@ -45,18 +46,19 @@ def entity_records(doc):
 class _Job:
     """One request's texts, waiting for their entity records."""
 
-    __slots__ = ("texts", "characters", "queued", "records", "error", "done")
+    __slots__ = ("texts", "characters", "queued", "records", "error", "done", "wake")
 
     def __init__(self, texts):
         self.texts = texts
         self.characters = sum(len(t) for t in texts)
         self.queued = time.monotonic()
         self.records = self.error = None
-        self.done = threading.Event()
+        self.done = False
+        self.wake = threading.Event()  # set when done, or when its thread gets the model
 
     def finish(self, records=None, error=None):
-        self.records, self.error = records, error
-        self.done.set()
+        self.records, self.error, self.done = records, error, True
+        self.wake.set()
 
 
 class Batcher:
@@ -71,8 +73,9 @@ class Batcher:
         self.stuck_seconds = stuck_seconds
         self.on_stuck = on_stuck or _end_worker
         self._queue = collections.deque()
-        self._cond = threading.Condition()
-        self._started_in = None  # the pid whose threads run; gunicorn forks after load
+        self._lock = threading.Lock()
+        self._busy = False  # a request thread holds the model
+        self._watched_in = None  # the pid whose watchdog runs; gunicorn forks after load
         self._busy_since = None  # monotonic start of the call running now, or None
         self.calls = 0  # merged nlp.pipe calls so far (logged at DEBUG)
 
@@ -81,26 +84,43 @@ class Batcher:
         if not texts:
             return []
         job = _Job(texts)
-        with self._cond:
-            self._start_once()
+        with self._lock:
+            self._watch_once()
             self._queue.append(job)
-            self._cond.notify()
-        job.done.wait()
+            holding = not self._busy
+            self._busy = True
+        if not holding:
+            job.wake.wait()  # answered by the thread holding the model, or handed it
+        if not job.done:  # this thread holds the model: its own job is the oldest queued
+            try:
+                while not job.done:
+                    with self._lock:
+                        jobs = self._take()
+                    self._run(jobs)
+            finally:
+                self._hand_on()
         if job.error is not None:
             raise job.error
         return job.records
 
+    def _hand_on(self):
+        """Give the model to the oldest waiting request, or mark it idle."""
+        with self._lock:
+            if self._queue:
+                self._queue[0].wake.set()
+            else:
+                self._busy = False
+
     def queued(self):
         """Requests waiting for the model now."""
-        with self._cond:
+        with self._lock:
             return len(self._queue)
 
-    def _start_once(self):
-        # Threads do not survive fork: start them in the process that serves, on its
-        # first request (the app is built in gunicorn's master, before the fork).
-        if self._started_in != os.getpid():
-            self._started_in = os.getpid()
-            threading.Thread(target=self._run, name="batcher", daemon=True).start()
+    def _watch_once(self):
+        # Threads do not survive fork: start the watchdog in the process that serves, on
+        # its first request (the app is built in gunicorn's master, before the fork).
+        if self._watched_in != os.getpid():
+            self._watched_in = os.getpid()
             threading.Thread(target=self._watch, name="watchdog", daemon=True).start()
 
     def _take(self):
@@ -112,24 +132,20 @@ class Batcher:
             jobs.append(self._queue.popleft())
         return jobs
 
-    def _run(self):
-        while True:
-            with self._cond:
-                while not self._queue:
-                    self._cond.wait()
-                jobs = self._take()
-            late = time.monotonic() - self.timeout
-            expired = [j for j in jobs if j.queued < late]
-            for job in expired:
+    def _run(self, jobs):
+        """Answer jobs: drop those queued past the timeout, merge the rest."""
+        late = time.monotonic() - self.timeout
+        for job in jobs:
+            if job.queued < late:  # nginx has answered 504 already: no one is waiting
                 job.finish(error=ApiError(504, "model_timeout", "the request waited longer "
                                           "than MODEL_SERVER_TIMEOUT for the model"))
-            jobs = [j for j in jobs if j.queued >= late]
-            if jobs:
-                self._busy_since = time.monotonic()
-                try:
-                    self._pipe(jobs)
-                finally:
-                    self._busy_since = None
+        jobs = [j for j in jobs if not j.done]
+        if jobs:
+            self._busy_since = time.monotonic()
+            try:
+                self._pipe(jobs)
+            finally:
+                self._busy_since = None
 
     def _pipe(self, jobs):
         """One nlp.pipe call for all jobs; on an error, the unanswered ones one by one."""
