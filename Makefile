@@ -48,9 +48,10 @@ notebook: $(NB_VENV)/.installed image
 		-p LOCAL_MODE True -p IMAGE_URI "$(IMAGE)"
 
 # Against the image when Docker answers (built first, as for `test`), else the host.
+# BEFORE_IMAGE: an image of an earlier version, for the before/after figures.
 bench: $(VENV)/.installed
 	if scripts/docker-ready.sh; then $(MAKE) image; fi
-	$(PY) bench/bench.py
+	$(PY) bench/bench.py $(if $(BEFORE_IMAGE),--before-image $(BEFORE_IMAGE))
 
 bench-quick: $(VENV)/.installed
 	if scripts/docker-ready.sh; then $(MAKE) image; fi

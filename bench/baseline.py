@@ -52,14 +52,40 @@ def measure(texts, n, latency_texts):
         raise SystemExit("baseline: in-process entities differ between nlp.pipe on 1 "
                          f"process, on {n} processes, and nlp(text)")
     call_seconds, call_cpu_ms = inprocess.call_latencies(texts[:latency_texts])
+    zone = zone_cost(texts[:latency_texts])
     baseline = {
         "pipe_1": _rounded(one), "pipe_n": _rounded(many), "calls_n": _rounded(calls),
         "pipe_n_batches_of_64": _rounded(pipe_64),
         "nlp_call_latency_ms": ms(call_seconds),
         "nlp_call_cpu_ms": round(call_cpu_ms, 3),
         "pipe_batch_latency_ms": ms(inprocess.batch_latencies(texts[:latency_texts], BATCH)),
+        "memory_zone": zone,
     }
     return baseline, expected
+
+
+def zone_cost(texts):
+    """What nlp.memory_zone() costs a one-text call, as the server makes them.
+
+    Two copies of the pipeline, loaded and warmed as the server loads them: one runs
+    nlp.pipe([text]) plainly, so its tokenizer cache and vocabulary fill with the traffic
+    (as the server did before memory zones); the other inside a zone, which never adds to
+    them. Alternating text by text puts both under the same background load."""
+    plain, zoned = inprocess.load_copy(), inprocess.load_copy()
+    for text in texts:  # the plain copy has seen the traffic once, as a running server has
+        list(plain.pipe([text]))
+    out = {"plain": [], "zone": []}
+    for text in texts:
+        t0 = time.perf_counter()
+        list(plain.pipe([text]))
+        t1 = time.perf_counter()
+        with zoned.memory_zone():
+            list(zoned.pipe([text]))
+        out["plain"].append(t1 - t0)
+        out["zone"].append(time.perf_counter() - t1)
+    result = {"plain_ms": ms(out["plain"]), "zone_ms": ms(out["zone"])}
+    result["p50_cost_ms"] = round(result["zone_ms"]["p50"] - result["plain_ms"]["p50"], 3)
+    return result
 
 
 def everything(texts, n, latency_texts):

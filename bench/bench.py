@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""What serving costs, measured against spaCy itself (issue 5).
+"""What serving costs, measured against spaCy itself.
 
 usage: bench.py [--quick] [--target auto|host|image] [--workers N] [--image NAME] [--publish]
-                [--out DIR]
+                [--before-image NAME] [--out DIR]
 
 In one run: the in-process baseline (nlp.pipe on 1 and N processes, nlp(text) latency),
 the served endpoint (batch and single-text requests at a sweep of concurrency), the blog
-post's way (one text per request, full pipeline), /ping under full load, cold start,
-memory with N workers against 1, and the image size. Every served answer is checked
+post's way (one text per request, full pipeline), the HTTP path alone (a rules-only
+pipeline) and so the single-text limit, /ping under full load, cold start, memory with N
+workers against 1, a memory soak of novel words, and the image size. With
+--before-image, the one-text figures and the soak also run against that image,
+interleaved with the image under test. Every served answer is checked
 against nlp.pipe's entities for the same texts. Writes results.json, results.md and
 chart.png to bench/results/ (bench/results/quick/ with --quick).
 """
@@ -18,6 +21,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,15 +38,23 @@ HERE = Path(__file__).resolve().parent
 BATCH = baseline.BATCH
 ms = baseline.ms
 
-# 4096 sentences = 64 batch requests of 64. Concurrency goes from one request at a time to
-# four per worker, past the point where every worker is busy. About 4.5 minutes on 2 cores.
+# 4096 sentences = 64 batch requests of 64. Batch concurrency goes from one request at a
+# time to two per worker; one-text requests from one client to 64, most real-time clients'
+# way (merged into one nlp.pipe call per worker when they arrive together). The soak sends
+# 2,000 texts of novel words as a warm-up, then 40,000 more, as requests of 50, sampling
+# memory 20 times. About 8 minutes on 2 cores, 11 with --before-image.
 FULL = {"sentences": 4096, "latency_texts": 1000,
-        "batch_sweep": lambda n: [1, n, 2 * n], "single_sweep": lambda n: [1, n, 2 * n, 4 * n],
-        "blog_sweep": lambda n: [1, n, 2 * n, 4 * n]}
+        "batch_sweep": lambda n: [1, n, 2 * n], "single_sweep": lambda n: [1, 8, 32, 64],
+        "blog_sweep": lambda n: [1, n, 2 * n, 4 * n], "limit_clients": 32,
+        "soak_texts": 40_000, "soak_warmup": 2_000, "soak_samples": 20,
+        "before_after_rounds": 2}
 # CI: every section, a few seconds each; the figures are not for comparison.
 QUICK = {"sentences": 200, "latency_texts": 128,
-         "batch_sweep": lambda n: [n, 2 * n], "single_sweep": lambda n: [1, 2 * n],
-         "blog_sweep": lambda n: [2 * n]}
+         "batch_sweep": lambda n: [n, 2 * n], "single_sweep": lambda n: [1, 8],
+         "blog_sweep": lambda n: [2 * n], "limit_clients": 8,
+         "soak_texts": 1000, "soak_warmup": 200, "soak_samples": 4,
+         "before_after_rounds": 1}
+SOAK_REQUEST_TEXTS = 50  # texts per soak request, as the issue that found the growth sent
 
 
 def log(message):
@@ -149,6 +161,8 @@ def parse_args():
     parser.add_argument("--publish", action="store_true",
                         help="image: reach the container through -p 127.0.0.1:PORT:8080 "
                         "(Docker's userland proxy) instead of the host's network")
+    parser.add_argument("--before-image", help="an image of an earlier version: its one-text "
+                        "figures and memory soak run alternately with the image under test")
     parser.add_argument("--out", type=Path, help="results folder (default bench/results[/quick])")
     return parser.parse_args()
 
@@ -182,7 +196,8 @@ def measure_served(start, texts, n, plan, expected, results, paired):
     base = results["baseline"]
     pipe_only = {"pipe": base["pipe_n"]["docs_per_s"]}
     both = {**pipe_only, "calls": base["calls_n"]["docs_per_s"]}
-    ping_at = {2 * n}  # twice as many requests in hand as workers: every worker busy
+    # At least twice as many requests in hand as workers: every worker busy.
+    ping_at = {2 * n, min(c for c in plan["single_sweep"](n) if c >= 2 * n)}
     server = start(n, False)
     results["cold_start_s"] = {"workers_n": round(server.cold_start_seconds, 3)}
     try:
@@ -208,6 +223,115 @@ def measure_served(start, texts, n, plan, expected, results, paired):
         "during": f"batch and single runs at concurrency {2 * n} ({n} workers)"}
     results["correctness"] = {"batch": check_b, "single": check_s}
     return served
+
+
+def rules_only_pipeline(folder):
+    """A blank English pipeline whose only component is an entity_ruler: served, it
+    costs almost nothing, so one-text requests against it measure the HTTP path alone
+    (nginx, gunicorn, Flask, decode and encode)."""
+    import spacy
+
+    nlp = spacy.blank("en")
+    ruler = nlp.add_pipe("entity_ruler")
+    ruler.add_patterns([{"label": "ORG", "pattern": c} for c in corpus.COMPANIES]
+                       + [{"label": "GPE", "pattern": p} for p in corpus.PLACES])
+    nlp.meta["name"] = "rules_only"
+    nlp.to_disk(folder)
+    return folder
+
+
+def measure_http_path(start, texts, n, plan, results):
+    """One-text requests against the rules-only pipeline, and the single-text limit:
+    1 / (1 / nlp.pipe on N processes + 1 / the HTTP path), the docs/s the cores could give
+    one-text requests if serving added nothing but its HTTP work to the model's."""
+    clients = plan["limit_clients"]
+    with tempfile.TemporaryDirectory() as tmp:
+        server = start(n, False, model_dir=rules_only_pipeline(Path(tmp) / "rules_only"))
+        try:
+            reqs = requests_for(server.port, FORMS["single"][0](texts))
+            load.run(server.port, reqs[:4 * clients], clients)
+            r = load.run(server.port, reqs, clients)
+        finally:
+            server.stop()
+    http = len(texts) / r.seconds
+    pipe = results["baseline"]["pipe_n"]["docs_per_s"]
+    limit = 1 / (1 / pipe + 1 / http)
+    results["single_text_limit"] = {
+        "http_path_docs_per_s": round(http, 1), "pipe_n_docs_per_s": round(pipe, 1),
+        "limit_docs_per_s": round(limit, 1), "clients": clients,
+        "http_path_latency_ms": ms(r.latencies)}
+    log(f"HTTP path alone (rules-only pipeline, {clients} clients): {http:.0f} requests/s; "
+        f"single-text limit {limit:.0f} docs/s")
+
+
+def soak(servers, texts, samples, warmup):
+    """Send the novel texts to every server in slices, alternating between servers slice
+    by slice, and sample each server's memory after each slice. The first `warmup` texts
+    are a slice of their own: memory grows once while the allocator reaches the working
+    set of requests like these, then stays; growth is counted from after it. Returns, per
+    server, [[texts sent, summed PSS MB], ...] from 0 texts."""
+    step = -(-(len(texts) - warmup) // samples)
+    step += -step % SOAK_REQUEST_TEXTS
+    bounds = [0, warmup, *range(warmup + step, len(texts), step), len(texts)]
+    curves = {name: [[0, s.memory()["pss_mb"]]] for name, s in servers.items()}
+    for lo, hi in zip(bounds, bounds[1:]):
+        for name, server in servers.items():
+            bodies = [encode({"texts": texts[j:min(j + SOAK_REQUEST_TEXTS, hi)]})
+                      for j in range(lo, hi, SOAK_REQUEST_TEXTS)]
+            load.run(server.port, requests_for(server.port, bodies), server.workers)
+            curves[name].append([hi, server.memory()["pss_mb"]])
+    return curves
+
+
+def measure_soak_and_before_after(start, texts, n, plan, results, before_image):
+    """Memory over many novel words, and (with before_image) the one-text figures of the
+    image under test against the image before, both servers up at once and measured
+    alternately, so that both see the same background load."""
+    servers = {"after": start(n, False)}
+    try:
+        if before_image:
+            servers["before"] = start(n, False, image=before_image)
+        for server in servers.values():
+            warm(server, texts, n)  # the corpus's words: what a running server has seen
+        warmup = plan["soak_warmup"]
+        novel = corpus.novel_texts(warmup + plan["soak_texts"])
+        log(f"soak: {warmup} + {plan['soak_texts']} texts of novel words in requests of "
+            f"{SOAK_REQUEST_TEXTS}{', alternating with ' + before_image if before_image else ''}")
+        curves = soak(servers, novel, plan["soak_samples"], warmup)
+        results["soak"] = {
+            name: {"pss_mb": curve, "growth_mb": round(curve[-1][1] - curve[1][1], 1),
+                   "warmup_growth_mb": round(curve[1][1] - curve[0][1], 1)}
+            for name, curve in curves.items()}
+        results["soak"].update(texts=plan["soak_texts"], warmup_texts=warmup)
+        for name, curve in curves.items():
+            log(f"soak {name}: {curve[0][1]:.0f} MB at start, {curve[1][1]:.0f} after the "
+                f"warm-up, {curve[-1][1]:.0f} at the end")
+        if before_image:
+            results["before_after"] = before_after(servers, texts, plan)
+    finally:
+        for server in servers.values():
+            server.stop()
+    if before_image:
+        results["before_after"]["before_image"] = before_image
+
+
+def before_after(servers, texts, plan):
+    """One-text requests at the limit's client count, and one at a time (p50), against
+    each server in turn, repeated: {figure: {server: [one value per round]}}."""
+    clients = plan["limit_clients"]
+    lone = texts[:plan["latency_texts"]]
+    out = {"single_docs_per_s": {k: [] for k in servers},
+           "single_p50_ms_at_1": {k: [] for k in servers}, "clients": clients}
+    for _ in range(plan["before_after_rounds"]):
+        for name, server in servers.items():
+            reqs = requests_for(server.port, FORMS["single"][0](texts))
+            r = load.run(server.port, reqs, clients)
+            out["single_docs_per_s"][name].append(round(len(texts) / r.seconds, 1))
+            r = load.run(server.port, reqs[:len(lone)], 1)
+            out["single_p50_ms_at_1"][name].append(ms(r.latencies)["p50"])
+    log(f"before/after, one-text requests: {out['single_docs_per_s']} docs/s at {clients} "
+        f"clients; p50 at 1 client {out['single_p50_ms_at_1']} ms")
+    return out
 
 
 def measure_one_worker(start, texts, n, results):
@@ -251,13 +375,18 @@ def main():
     except targets.TargetError as e:
         log(str(e))
         return 2
+    if args.before_image and not (kind == "image" and targets.image_exists(args.before_image)):
+        log(f"--before-image {args.before_image} needs the image target and that image built")
+        return 2
     log(f"target {kind}{' ' + args.image if kind == 'image' else ''}, {n} workers, "
         f"{'quick' if args.quick else 'full'} run")
 
-    def start(workers, full_pipeline):
-        log(f"starting the server: {workers} worker(s), "
-            f"{'full pipeline' if full_pipeline else 'NER components only'}")
-        return targets.server(kind, workers, full_pipeline, args.image, args.publish).start()
+    def start(workers, full_pipeline, model_dir=None, image=None):
+        log(f"starting the server{' ' + image if image else ''}: {workers} worker(s), "
+            f"{'full pipeline' if full_pipeline else 'NER components only'}"
+            f"{', model ' + str(model_dir) if model_dir else ''}")
+        return targets.server(kind, workers, full_pipeline, image or args.image, args.publish,
+                              model_dir).start()
 
     texts = corpus.sentences(plan["sentences"])
     results = {"meta": {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -286,12 +415,17 @@ def main():
     served = measure_served(start, texts, n, plan, expected, results, paired)
     measure_one_worker(start, texts, n, results)
     measure_blog(start, texts, n, plan, expected, results)
+    measure_http_path(start, texts, n, plan, results)
+    measure_soak_and_before_after(start, texts, n, plan, results, args.before_image)
     results["image"] = targets.image_info(args.image) if kind == "image" else None
 
     results["meta"]["machine"]["load_average_at_end"] = os.getloadavg()
     results["meta"]["duration_s"] = round(time.perf_counter() - started, 1)
     results["goals"] = report.goals(results)
-    report.write(results, out)
+    # A full run to the default folder is the project's record: its figures go into the
+    # READMEs too. A quick run, or one written elsewhere, leaves them alone.
+    record = not args.quick and args.out is None
+    report.write(results, out, readmes_root=HERE.parent if record else None)
     if args.quick:
         # The served entities per text, for tests/test_bench.py to check independently.
         with open(out / "served-entities.jsonl", "w") as f:

@@ -82,6 +82,31 @@ def sentences(n, seed=SEED):
     return [_fill(rng.choice(TEMPLATES), rng) for _ in range(n)]
 
 
+def novel_texts(n, seed=SEED):
+    """n texts full of words no vocabulary has seen: order ids, invented names and
+    surnames, typos of common words, as a service's real traffic brings. Every text has
+    new strings, so a server that keeps every string it sees grows with each one."""
+    rng = random.Random(seed + 1)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+
+    def word(k):
+        return "".join(rng.choice(letters) for _ in range(k))
+
+    def typo(w):
+        i = rng.randrange(len(w))
+        return w[:i] + rng.choice(letters) + w[i + 1:]
+
+    out = []
+    for i in range(n):
+        name = f"{word(1).upper()}{word(rng.randint(4, 8))}"
+        surname = f"{word(1).upper()}{word(rng.randint(5, 9))}"
+        company = f"{word(1).upper()}{word(rng.randint(3, 7))}{rng.choice(['ex', 'ia', 'on'])}"
+        out.append(f"{name} {surname} {typo('ordered')} item {word(3).upper()}-{i:07d} from "
+                   f"{company} in {rng.choice(PLACES)} on {rng.choice(MONTHS)} "
+                   f"{rng.randint(1, 28)}, ref {word(6)}{rng.randint(100, 999)}.")
+    return out
+
+
 if __name__ == "__main__":  # a look at what the benchmark sends
     for s in sentences(10):
         print(s)

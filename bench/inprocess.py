@@ -22,12 +22,16 @@ from settings import Settings  # noqa: E402
 _nlp = None  # module-level so that forked worker processes inherit the loaded pipeline
 
 
-def load(full_pipeline=False):
+def load():
+    """Load the pipeline every in-process figure uses (forked processes inherit it)."""
     global _nlp
-    settings = Settings.from_env({**os.environ,
-                                  "SPACY_FULL_PIPELINE": "true" if full_pipeline else "false"})
-    _nlp = model.load(settings)
+    _nlp = load_copy()
     return _nlp
+
+
+def load_copy():
+    """Another copy of the pipeline, loaded as the server loads it (for side-by-side runs)."""
+    return model.load(Settings.from_env({**os.environ, "SPACY_FULL_PIPELINE": "false"}))
 
 
 def entities(doc):

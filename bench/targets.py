@@ -62,8 +62,10 @@ class Server:
 
     kind = ""
 
-    def __init__(self, workers, full_pipeline):
-        self.workers, self.full_pipeline = workers, full_pipeline
+    def __init__(self, workers, full_pipeline, model_dir=None):
+        """model_dir: a pipeline folder served as SageMaker serves ModelDataUrl (mounted
+        at /opt/ml/model in the image; SM_MODEL_DIR on the host)."""
+        self.workers, self.full_pipeline, self.model_dir = workers, full_pipeline, model_dir
         self.port = free_port()
         self.cold_start_seconds = None
 
@@ -101,6 +103,8 @@ class HostServer(Server):
 
     def start(self, timeout=120):
         env = {**os.environ, **self.env(), "SAGEMAKER_BIND_TO_PORT": str(self.port)}
+        if self.model_dir:
+            env["SM_MODEL_DIR"] = str(self.model_dir)
         # serve finds gunicorn beside the interpreter; nginx may live in /usr/sbin.
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}:/usr/sbin"
         self.log = tempfile.TemporaryFile()
@@ -147,8 +151,8 @@ class HostServer(Server):
 class ImageServer(Server):
     kind = "image"
 
-    def __init__(self, workers, full_pipeline, image, publish=False):
-        super().__init__(workers, full_pipeline)
+    def __init__(self, workers, full_pipeline, image, publish=False, model_dir=None):
+        super().__init__(workers, full_pipeline, model_dir)
         self.image, self.publish = image, publish
 
     def start(self, timeout=120):
@@ -163,6 +167,8 @@ class ImageServer(Server):
             network = ["--network", "host"]
             env["SAGEMAKER_BIND_TO_PORT"] = str(self.port)
         env_args = [a for k, v in env.items() for a in ("-e", f"{k}={v}")]
+        if self.model_dir:
+            env_args += ["-v", f"{self.model_dir}:/opt/ml/model:ro"]
         # `serve` as the command, as SageMaker runs it.
         cmd = ["docker", "run", "-d", "--rm", *network, *env_args, self.image, "serve"]
         started = time.perf_counter()
@@ -239,7 +245,7 @@ def choose(target, image):
     return "host"
 
 
-def server(kind, workers, full_pipeline, image, publish=False):
+def server(kind, workers, full_pipeline, image, publish=False, model_dir=None):
     if kind == "image":
-        return ImageServer(workers, full_pipeline, image, publish)
-    return HostServer(workers, full_pipeline)
+        return ImageServer(workers, full_pipeline, image, publish, model_dir)
+    return HostServer(workers, full_pipeline, model_dir)
