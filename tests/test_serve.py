@@ -304,3 +304,4 @@ def test_each_worker_runs_one_blas_thread_unless_the_user_says_otherwise(server,
     mine = start_server(MODEL_SERVER_WORKERS=1, OPENBLAS_NUM_THREADS=2)
     env = psutil.Process(gunicorn_workers(mine)[1][0]).environ()
     assert (env["OPENBLAS_NUM_THREADS"], env["OMP_NUM_THREADS"]) == ("2", "1")
+

