@@ -111,6 +111,11 @@ class Batcher:
             else:
                 self._busy = False
 
+    @property
+    def busy(self):
+        """A request thread is running the model (worker.py accepts later then)."""
+        return self._busy
+
     def queued(self):
         """Requests waiting for the model now."""
         with self._lock:
