@@ -294,14 +294,17 @@ def test_a_model_without_ner_stops_start_up_with_one_clear_line(tmp_path):
            "named-entity component" in output
 
 
-def test_each_worker_runs_one_blas_thread_unless_the_user_says_otherwise(server, start_server):
+def test_workers_run_one_blas_thread_and_two_malloc_arenas_unless_the_user_says_otherwise(
+        server, start_server):
     """The workers are the parallelism: numpy's OpenBLAS must not start one thread per CPU
-    in each of them. A value the user sets is passed through unchanged."""
+    in each of them, nor glibc keep one malloc arena per request thread. A value the user
+    sets is passed through unchanged."""
+    names = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MALLOC_ARENA_MAX")
     _, workers = gunicorn_workers(server)
     for pid in workers:
         env = psutil.Process(pid).environ()
-        assert (env.get("OPENBLAS_NUM_THREADS"), env.get("OMP_NUM_THREADS")) == ("1", "1")
-    mine = start_server(MODEL_SERVER_WORKERS=1, OPENBLAS_NUM_THREADS=2)
+        assert tuple(env.get(n) for n in names) == ("1", "1", "2")
+    mine = start_server(MODEL_SERVER_WORKERS=1, OPENBLAS_NUM_THREADS=2, MALLOC_ARENA_MAX=4)
     env = psutil.Process(gunicorn_workers(mine)[1][0]).environ()
-    assert (env["OPENBLAS_NUM_THREADS"], env["OMP_NUM_THREADS"]) == ("2", "1")
+    assert tuple(env[n] for n in names) == ("2", "1", "4")
 
