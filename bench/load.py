@@ -27,10 +27,11 @@ class ProtocolError(RuntimeError):
     pass
 
 
-def http_request(port, method, path, body=b"", content_type="application/json"):
+def http_request(port, method, path, body=b""):
+    """The bytes of one request; a POST carries a JSON body."""
     head = f"{method} {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
     if method == "POST":
-        head += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
     return head.encode("ascii") + b"\r\n" + body
 
 
@@ -80,20 +81,6 @@ class Connection:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
-
-
-def get_status(port, path="/ping", timeout=1.0):
-    """Status of one GET on a fresh connection; None while nothing accepts or answers."""
-    try:
-        conn = Connection(port, timeout=timeout)
-    except OSError:
-        return None
-    try:
-        return conn.exchange(http_request(port, "GET", path))[0]
-    except (OSError, ProtocolError):
-        return None
-    finally:
-        conn.close()
 
 
 class PingSampler(threading.Thread):

@@ -4,19 +4,19 @@ rule for tests that need Docker (skip on a laptop without it, fail in CI)."""
 import os
 import random
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAM_DIR = ROOT / "container" / "NER"
-sys.path.insert(0, str(PROGRAM_DIR))
+sys.path[:0] = [str(PROGRAM_DIR), str(ROOT)]
+
+# How the tests (and the benchmark) start, wait for and stop the real server.
+from harness.servers import (  # noqa: E402,F401 (re-exported for the test modules)
+    DEFAULT_IMAGE, HostProcess, docker_ready, free_port, host_env, in_ci, wait_for_ping)
 
 # Sentences whose entities the tiny model learns; the tests ask for these back.
 TRAIN = [
@@ -61,75 +61,17 @@ def tiny_model(tmp_path_factory):
     return train_tiny_model(tmp_path_factory.mktemp("models") / "tiny_ner")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_ping(url, running, timeout=60):
-    """Poll url/ping until 200; fail early once running() says the server has exited."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        if not running():
-            raise AssertionError("the server exited before /ping answered 200")
-        time.sleep(0.1)
-    raise AssertionError(f"{url}/ping did not answer 200 within {timeout} s")
-
-
-class HostServer:
-    """The real `serve` (nginx + gunicorn) running on this host."""
-
-    def __init__(self, env, log_path):
-        self.port = int(env["SAGEMAKER_BIND_TO_PORT"])
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self.log = open(log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, str(PROGRAM_DIR / "serve")], env=env,
-                                     stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-
-    def logs(self):
-        self.log.flush()
-        return Path(self.log_path).read_text()
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=35)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.log.close()
-
-
 def serve_env(tmp_path, **extra):
-    """The environment for `serve` on this host: the venv's bin first (serve finds
-    gunicorn beside the interpreter that runs it), nginx from /usr/sbin, a free port,
+    """The environment for `serve` on this host (harness.servers.host_env): a free port,
     2 workers, no /opt/ml/model; `extra` overrides any of it."""
-    path = f"{Path(sys.executable).parent}:{os.environ['PATH']}:/usr/sbin"
-    return {**os.environ, "PATH": path, "SAGEMAKER_BIND_TO_PORT": str(free_port()),
-            "MODEL_SERVER_WORKERS": "2", "SM_MODEL_DIR": str(tmp_path / "no-model-dir"),
-            **{k: str(v) for k, v in extra.items()}}
+    return host_env(free_port(), **{"MODEL_SERVER_WORKERS": 2,
+                                    "SM_MODEL_DIR": tmp_path / "no-model-dir", **extra})
 
 
 def start_host_server(env, log_path, wait=True):
-    server = HostServer(env, log_path)
-    if wait:
-        try:
-            wait_for_ping(server.url, lambda: server.proc.poll() is None)
-        except AssertionError as e:
-            logs = server.logs()  # before stop(), which closes the log file
-            server.stop()
-            raise AssertionError(f"{e} (serve's exit status: {server.proc.returncode})"
-                                 f"\n--- serve log ---\n{logs}") from None
-    return server
+    """The real `serve` (nginx + gunicorn) on this host; waits for /ping unless told not to."""
+    server = HostProcess(env, log_path)
+    return server.wait_ready(timeout=60) if wait else server
 
 
 @pytest.fixture
@@ -148,16 +90,6 @@ def start_server(tmp_path):
         server.stop()
 
 
-def docker_ready():
-    if not shutil.which("docker"):
-        return False
-    return subprocess.run(["docker", "info"], capture_output=True).returncode == 0
-
-
-def in_ci():
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
 @pytest.fixture(scope="session")
 def docker():
     """Gate for tests that need a Docker engine: a skip on a laptop, a failure in CI."""
@@ -172,7 +104,7 @@ def docker():
 @pytest.fixture(scope="session")
 def image(docker):
     """The serving image `make image` built (IMAGE, as in the Makefile)."""
-    name = os.environ.get("IMAGE", "spacy-ner-sagemaker:local")
+    name = os.environ.get("IMAGE", DEFAULT_IMAGE)
     if subprocess.run([docker, "image", "inspect", name], capture_output=True).returncode:
         pytest.fail(f"image {name} is not built; run `make image` (make test does)")
     return name

@@ -20,7 +20,8 @@ import requests
 import spacy
 
 from bad_requests import check_over_http, each_bad_request, send_every_bad_request
-from conftest import TRAIN, free_port, wait_for_ping
+from conftest import TRAIN, free_port
+from harness import servers
 from samples import APPLE, APPLE_ENTITIES, batch_of
 
 # Enough real-model work to keep the one worker busy for several seconds.
@@ -30,46 +31,14 @@ CA_BUNDLE = Path(os.environ.get("PIP_CERT") or "/etc/ssl/certs/ca-certificates.c
 MAX_IMAGE_BYTES = 450 * 1000 * 1000
 
 
-class Container:
-    """A detached `docker run` of the image, reachable on a free 127.0.0.1 port."""
+class Container(servers.Container):
+    """A detached `docker run` of the image on a free 127.0.0.1 port (harness/servers.py)."""
 
     def __init__(self, docker, image, run_args=(), command=(), inner_port=8080):
-        self.docker = docker
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.id = self._docker("run", "-d", "-p", f"127.0.0.1:{self.port}:{inner_port}",
-                               *run_args, image, *command).stdout.strip()
-
-    def _docker(self, *args, timeout=60):
-        result = subprocess.run([self.docker, *args], capture_output=True, text=True,
-                                timeout=timeout)
-        if result.returncode:
-            raise AssertionError(f"docker {' '.join(args)} failed: {result.stderr.strip()}")
-        return result
-
-    def logs(self):
-        result = subprocess.run([self.docker, "logs", self.id], capture_output=True, text=True)
-        return result.stdout + result.stderr
-
-    def running(self):
-        state = self._docker("inspect", "-f", "{{.State.Running}}", self.id).stdout
-        return state.strip() == "true"
-
-    def wait_ready(self, timeout=120):
-        try:
-            wait_for_ping(self.url, self.running, timeout)
-        except AssertionError as e:
-            raise AssertionError(f"{e}:\n{self.logs()}") from None
-        return self
+        super().__init__(image, run_args, command, inner_port=inner_port, docker=docker)
 
     def invoke(self, body, timeout=60):
         return requests.post(f"{self.url}/invocations", json=body, timeout=timeout)
-
-    def exec(self, *command):
-        return self._docker("exec", self.id, *command).stdout
-
-    def remove(self):
-        subprocess.run([self.docker, "rm", "-f", self.id], capture_output=True)
 
 
 @pytest.fixture

@@ -1,0 +1,182 @@
+"""Starting, waiting for and stopping the real server, for the tests and the benchmark.
+
+Both drive the same two things: `container/NER/serve` on this host (nginx + gunicorn +
+the model, as the image runs it) and the image under a Docker engine. This module is the
+one way both start them, wait for /ping, and stop them, so a fix here (a server that dies
+at start-up, a stop that must not leave nginx behind) reaches both. It imports nothing
+from either: tests/conftest.py and bench/targets.py build on it.
+"""
+
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVE = ROOT / "container" / "NER" / "serve"
+DEFAULT_IMAGE = "spacy-ner-sagemaker:local"
+# SageMaker sends SIGKILL about 30 s after SIGTERM; serve finishes within 27 s.
+STOP_SECONDS = 35
+
+
+class ServerError(RuntimeError):
+    """The server did not come up; the message carries the end of its log."""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def in_ci():
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def docker_ready():
+    """A docker client is on PATH and its engine answers."""
+    docker = shutil.which("docker")
+    return bool(docker) and subprocess.run([docker, "info"], capture_output=True).returncode == 0
+
+
+def image_exists(image):
+    return subprocess.run(["docker", "image", "inspect", image],
+                          capture_output=True).returncode == 0
+
+
+def ping_status(port, timeout=1.0):
+    """The status of GET /ping on 127.0.0.1:port, or None while nothing answers."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", "/ping")
+        return conn.getresponse().status
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+
+
+def wait_for_ping(port, alive, timeout=120, interval=0.01):
+    """Poll /ping until 200; ServerError as soon as alive() says the server has exited,
+    or after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ping_status(port, timeout=0.5) == 200:
+            return
+        if not alive():
+            raise ServerError("the server exited before /ping answered 200")
+        time.sleep(interval)
+    raise ServerError(f"/ping on port {port} did not answer 200 within {timeout} s")
+
+
+def host_env(port, **extra):
+    """The environment for `serve` on this host: this interpreter's bin folder first (serve
+    starts gunicorn beside the interpreter that runs it), Debian's nginx from /usr/sbin,
+    the port; `extra` overrides any of it."""
+    path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}:/usr/sbin"
+    return {**os.environ, "PATH": path, "SAGEMAKER_BIND_TO_PORT": str(port),
+            **{k: str(v) for k, v in extra.items()}}
+
+
+class HostProcess:
+    """`serve` running on this host, its output in log_path (a file it may share)."""
+
+    def __init__(self, env, log_path):
+        self.port = int(env["SAGEMAKER_BIND_TO_PORT"])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(log_path)
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen([sys.executable, str(SERVE)], env=env, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def running(self):
+        return self.proc.poll() is None
+
+    def logs(self):
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout=120):
+        """Wait for /ping; on failure stop the server and raise with its log."""
+        try:
+            wait_for_ping(self.port, self.running, timeout)
+        except ServerError as e:
+            logs = self.logs()  # before stop(), which closes the log file
+            self.stop()
+            raise ServerError(f"{e} (serve's exit status: {self.proc.returncode})"
+                              f"\n--- serve log ---\n{logs[-6000:]}") from None
+        return self
+
+    def stop(self):
+        """SIGTERM, as SageMaker stops it; SIGKILL to the whole group if it hangs."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+
+class Container:
+    """A detached `docker run IMAGE ...` reachable on a 127.0.0.1 port.
+
+    network: "publish" maps 127.0.0.1:PORT to the container's inner_port (every byte goes
+    through Docker's userland proxy), "host" runs it on the host's network with
+    SAGEMAKER_BIND_TO_PORT=PORT (the client reaches nginx directly).
+    """
+
+    def __init__(self, image, run_args=(), command=("serve",), env=None, inner_port=8080,
+                 network="publish", docker="docker"):
+        self.docker, self.image = docker, image
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = dict(env or {})
+        if network == "host":
+            net = ["--network", "host"]
+            env["SAGEMAKER_BIND_TO_PORT"] = str(self.port)
+        else:
+            net = ["-p", f"127.0.0.1:{self.port}:{inner_port}"]
+        env_args = [a for k, v in env.items() for a in ("-e", f"{k}={v}")]
+        self.id = self.docker_cmd("run", "-d", *net, *env_args, *run_args, image,
+                                  *command).stdout.strip()
+
+    def docker_cmd(self, *args, timeout=60):
+        result = subprocess.run([self.docker, *args], capture_output=True, text=True,
+                                timeout=timeout)
+        if result.returncode:
+            raise ServerError(f"docker {' '.join(args[:2])} failed: {result.stderr.strip()}")
+        return result
+
+    def logs(self):
+        result = subprocess.run([self.docker, "logs", self.id], capture_output=True, text=True)
+        return result.stdout + result.stderr
+
+    def running(self):
+        out = subprocess.run([self.docker, "inspect", "-f", "{{.State.Running}}", self.id],
+                             capture_output=True, text=True)
+        return out.stdout.strip() == "true"
+
+    def wait_ready(self, timeout=120):
+        try:
+            wait_for_ping(self.port, self.running, timeout)
+        except ServerError as e:
+            raise ServerError(f"{e}\n--- container log ---\n{self.logs()[-6000:]}") from None
+        return self
+
+    def exec(self, *command):
+        return self.docker_cmd("exec", self.id, *command).stdout
+
+    def stop(self):
+        """SIGTERM and up to 30 s to drain, as SageMaker allows; then remove."""
+        subprocess.run([self.docker, "stop", "-t", "30", self.id], capture_output=True)
+        self.remove()
+
+    def remove(self):
+        subprocess.run([self.docker, "rm", "-f", self.id], capture_output=True)
