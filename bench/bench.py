@@ -334,19 +334,19 @@ def before_after(servers, texts, plan):
     return out
 
 
-def measure_one_worker(start, texts, n, results):
-    """Memory of a 1-worker server after the same kind of traffic, to compare with N."""
+def measure_one_worker(start, texts, memory_n):
+    """Memory of a 1-worker server after the same kind of traffic, against memory_n (the
+    N-worker server's, from measure_served). Returns (memory figures, its cold start)."""
     server = start(1, False)
-    results["cold_start_s"]["workers_1"] = round(server.cold_start_seconds, 3)
     try:
         warm(server, texts, 1)
         memory_1 = server.memory()
     finally:
         server.stop()
-    memory = results["memory"]
-    memory["workers_1"] = memory_1
-    memory["ratio_pss"] = round(memory[f"workers_{n}"]["pss_mb"] / memory_1["pss_mb"], 3)
-    memory["measure"] = "sum of PSS over the server's processes, after traffic"
+    return {"workers_1": memory_1,
+            "ratio_pss": round(memory_n["pss_mb"] / memory_1["pss_mb"], 3),
+            "measure": "sum of PSS over the server's processes, after traffic"}, \
+        round(server.cold_start_seconds, 3)
 
 
 def measure_blog(start, texts, n, plan, expected, results):
@@ -413,7 +413,9 @@ def main():
         return measure_baseline(kind, args.image, texts, n, plan, paired_port=port)["paired"]
 
     served = measure_served(start, texts, n, plan, expected, results, paired)
-    measure_one_worker(start, texts, n, results)
+    memory_1, cold_1 = measure_one_worker(start, texts, results["memory"][f"workers_{n}"])
+    results["memory"].update(memory_1)
+    results["cold_start_s"]["workers_1"] = cold_1
     measure_blog(start, texts, n, plan, expected, results)
     measure_http_path(start, texts, n, plan, results)
     measure_soak_and_before_after(start, texts, n, plan, results, args.before_image)

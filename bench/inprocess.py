@@ -57,6 +57,13 @@ def _pipe_chunk(chunk):
     return [entities(d) for d in _nlp.pipe(chunk)]
 
 
+def _zone_chunk(chunk):
+    """As the server runs a merged call: nlp.pipe inside nlp.memory_zone(), entities made
+    before the zone closes."""
+    with _nlp.memory_zone():
+        return [entities(d) for d in _nlp.pipe(chunk)]
+
+
 def _call_chunk(chunk):
     return [entities(_nlp(text)) for text in chunk]
 
@@ -66,21 +73,22 @@ def _warm(_):
     return os.getpid()
 
 
-def pipe_processes(texts, processes, one_at_a_time=False, chunk=None):
+def pipe_processes(texts, processes, one_at_a_time=False, chunk=None, zone=False):
     """nlp.pipe on `processes` forked processes sharing the corpus in chunks.
 
     This is the ceiling for N cores: the children inherit the loaded model by fork and
     send back only entity lists, so almost nothing but spaCy's own work is timed. (spaCy's
     nlp.pipe(n_process=N) pickles whole Docs back to the parent, which is slower.)
     With one_at_a_time, each child calls nlp(text) per text instead: the same unit of
-    work as a single-text request, without the HTTP around it.
+    work as a single-text request, without the HTTP around it. With zone, each chunk runs
+    inside nlp.memory_zone(), as the server runs it.
     """
     chunk = chunk or max(16, min(_nlp.batch_size, math.ceil(len(texts) / (processes * 4))))
     chunks = [texts[i:i + chunk] for i in range(0, len(texts), chunk)]
     with multiprocessing.get_context("fork").Pool(processes) as pool:
         pool.map(_warm, range(processes * 2), chunksize=1)
         t0 = time.perf_counter()
-        work = _call_chunk if one_at_a_time else _pipe_chunk
+        work = _call_chunk if one_at_a_time else _zone_chunk if zone else _pipe_chunk
         found = [e for part in pool.imap(work, chunks, chunksize=1) for e in part]
         seconds = time.perf_counter() - t0
     return {"processes": processes, "docs": len(texts), "seconds": seconds,
@@ -109,7 +117,9 @@ def call_latencies(texts):
 
 
 def call(text):
-    """nlp(text), for a caller that times it."""
+    """nlp(text), for a caller that times it; loads the pipeline on first use."""
+    if _nlp is None:
+        load()
     return _nlp(text)
 
 

@@ -14,6 +14,7 @@ from conftest import ROOT, docker_ready, in_ci
 sys.path.insert(0, str(ROOT / "bench"))
 
 import corpus  # noqa: E402
+import inprocess  # noqa: E402
 
 BENCH = ROOT / "bench" / "bench.py"
 
@@ -56,7 +57,8 @@ def test_in_ci_the_benchmark_runs_against_the_image(quick_run):
 def test_baseline_section_holds_positive_figures(quick_run):
     _, results, _ = quick_run
     base = results["baseline"]
-    for key in ("pipe_1", "pipe_n", "calls_n", "pipe_n_batches_of_64"):
+    for key in ("pipe_1", "pipe_n", "calls_n", "pipe_n_batches_of_64",
+                "pipe_n_batches_of_64_in_zones"):
         assert positive(base[key]["docs_per_s"]), key
         assert base[key]["docs"] == results["meta"]["corpus"]["sentences"]
     assert base["pipe_n"]["processes"] == results["meta"]["workers"]
@@ -151,8 +153,7 @@ def test_served_entities_equal_nlp_pipe_on_the_corpus(quick_run):
     texts = [r["text"] for r in records]
     assert texts == corpus.sentences(results["meta"]["corpus"]["sentences"])
     nlp = model.load(Settings.from_env({**os.environ, "SPACY_FULL_PIPELINE": "false"}))
-    expected = [[[e.text, e.label_, e.start_char, e.end_char] for e in doc.ents]
-                for doc in nlp.pipe(texts)]
+    expected = [inprocess.entities(doc) for doc in nlp.pipe(texts)]
     served = [r["entities"] for r in records]
     assert sum(1 for doc in expected if doc) > len(texts) * 0.8  # the corpus has entities
     assert served == expected
