@@ -3,9 +3,13 @@
 #
 # Environment (all optional):
 #   BASE_IMAGE           base for both stages (Dockerfile default: an official slim Python
-#                        3.11 bookworm image on Amazon ECR Public)
-#   PIP_CERT             a CA bundle for a TLS-intercepting proxy; handed to pip as the
-#                        BuildKit secret pip_cert, so it never lands in a layer
+#                        3.11 bookworm image on Amazon ECR Public). Unset, and the default
+#                        cannot be pulled (no registry reachable): a local Debian base made
+#                        by scripts/local-base.sh
+#   PIP_CERT             the CA bundle pip trusts in the build (default: this machine's,
+#                        /etc/ssl/certs/ca-certificates.crt, so a TLS-intercepting proxy's
+#                        CA is trusted as here); handed to pip as the BuildKit secret
+#                        pip_cert, so it never lands in a layer
 #   SPACY_MODEL_PACKAGE  the spaCy pipeline to bake in instead of the hash-pinned
 #                        container/model-requirements.txt: a package name, a wheel URL or a
 #                        local wheel file
@@ -24,6 +28,10 @@ image_ref=$1
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 context=$root/container
 platform=${PLATFORM:-linux/amd64}
+host_ca_bundle=/etc/ssl/certs/ca-certificates.crt
+if [[ -z ${PIP_CERT:-} && -r $host_ca_bundle ]]; then
+    PIP_CERT=$host_ca_bundle
+fi
 if [[ -n ${PIP_CERT:-} && ! (-f $PIP_CERT && -r $PIP_CERT) ]]; then
     die "PIP_CERT=$PIP_CERT is not a readable file"
 fi
@@ -67,6 +75,19 @@ else
         "/usr/bin/docker): install the buildx plugin or set DOCKER to a client that has it"
 fi
 "$docker" info >/dev/null 2>&1 || die "docker ($docker) cannot reach a Docker engine (docker info failed)"
+
+# The Dockerfile's default base, unless it is here or can be pulled: where no registry can
+# be reached, a local Debian base instead, made once (scripts/local-base.sh).
+if [ -z "${BASE_IMAGE:-}" ]; then
+    default_base=$(sed -n 's/^ARG BASE_IMAGE=//p' "$context/Dockerfile")
+    [ -n "$default_base" ] || die "no ARG BASE_IMAGE=... default in $context/Dockerfile"
+    if ! "$docker" image inspect "$default_base" >/dev/null 2>&1 &&
+        ! timeout 120 "$docker" pull --quiet --platform "$platform" "$default_base" >/dev/null 2>&1; then
+        echo "build-image.sh: cannot pull $default_base; building from a local Debian base" \
+            "instead (scripts/local-base.sh)" >&2
+        BASE_IMAGE=$("$root/scripts/local-base.sh") || die "could not make the local base image"
+    fi
+fi
 
 args=(--platform "$platform" --tag "$image_ref" --file "$context/Dockerfile")
 [ -z "${BASE_IMAGE:-}" ] || args+=(--build-arg "BASE_IMAGE=$BASE_IMAGE")

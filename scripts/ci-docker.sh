@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Make a Docker engine and a local base image available on a fresh Debian machine (as
-# root), for building and testing the serving image where no registry can be pulled from.
+# What a fresh Debian machine (as root) needs before `make test` can test the image: a
+# Docker engine (Debian's docker.io, started when none answers), and PIP_CERT for the
+# image build. .ci/run sources it; `make image` makes the local base image itself when the
+# Dockerfile's default base cannot be pulled (scripts/build-image.sh).
 #
 #   eval "$(scripts/ci-docker.sh)"     # or: source scripts/ci-docker.sh
 #
-# Both export BASE_IMAGE (a local Debian bookworm image with python3 and python3-venv) and
-# PIP_CERT (the host's CA bundle, for pip behind a TLS-intercepting proxy), which
-# scripts/build-image.sh reads. Progress goes to stderr;
-# stdout carries only the export lines. Idempotent: a second run only checks.
+# Both export PIP_CERT: the host's CA bundle (for pip behind a TLS-intercepting proxy)
+# plus a throwaway CA that the container tests look for in the image's layers. Progress
+# goes to stderr; stdout carries only the export line. Idempotent: a second run only checks.
 
 # Sourced: run this file as a child (so its errexit holds and nothing leaks into the
 # caller's shell options), then take over its exports.
@@ -28,13 +29,10 @@ set -euo pipefail
 die() { echo "ci-docker.sh: $*" >&2; exit 1; }
 say() { echo "ci-docker.sh: $*" >&2; }
 
-BASE_IMAGE=${BASE_IMAGE:-spacy-ner-base:bookworm}
-PIP_CERT=${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}
+HOST_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
+# Kept between runs on one machine (see make_pip_cert).
+CI_STATE=${CI_STATE:-/var/tmp/spacy-ner-ci}
 DOCKERD_LOG=${DOCKERD_LOG:-/var/log/dockerd-ci.log}
-# Packages the image's Dockerfile needs from its base; nothing else is in the base.
-BASE_PACKAGES=python3,python3-venv,ca-certificates
-MIRROR=http://deb.debian.org/debian
-SECURITY_MIRROR=http://deb.debian.org/debian-security
 
 apt_install() {
     "$(dirname "${BASH_SOURCE[0]}")/apt-install.sh" "$@" || die "could not install $*"
@@ -59,44 +57,30 @@ $(tail -n 20 "$DOCKERD_LOG")"
     done
 }
 
-make_base_image() {
-    command -v mmdebstrap >/dev/null || apt_install mmdebstrap
-    local tmp
-    tmp=$(mktemp -d)
-    # shellcheck disable=SC2064  # expand now: tmp is local
-    trap "rm -rf '$tmp'" EXIT
-    say "making $BASE_IMAGE with mmdebstrap (about 20 s)"
-    # The image's apt sources are these lines, so security updates reach the final stage.
-    # Slim like Debian's own slim images: no docs, man pages or translations (the
-    # exclusion stays in the image's dpkg config, so nginx installed later is slim too),
-    # and merged /usr set up by mmdebstrap's hook instead of the usrmerge package, which
-    # would pull in all of perl.
-    mmdebstrap --quiet --variant=minbase --include="$BASE_PACKAGES" \
-        --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
-        --dpkgopt='path-exclude=/usr/share/doc/*' \
-        --dpkgopt='path-include=/usr/share/doc/*/copyright' \
-        --dpkgopt='path-exclude=/usr/share/man/*' \
-        --dpkgopt='path-exclude=/usr/share/info/*' \
-        --dpkgopt='path-exclude=/usr/share/locale/*' \
-        bookworm "$tmp/base.tar" \
-        "deb $MIRROR bookworm main" \
-        "deb $MIRROR bookworm-updates main" \
-        "deb $SECURITY_MIRROR bookworm-security main" >&2 ||
-        die "mmdebstrap failed to make the base file system"
-    docker import --change 'CMD ["/bin/bash"]' "$tmp/base.tar" "$BASE_IMAGE" >&2 ||
-        die "docker import of the base file system failed"
+# The bundle handed to pip as the pip_cert build secret: the host's CAs (a TLS-intercepting
+# proxy's among them, which pip needs here) plus a throwaway CA made once for this machine,
+# which nothing else holds. The container tests search every layer of the image for the
+# CAs in this bundle that Debian does not ship: the throwaway one is always there to look
+# for, with or without a proxy. It is kept between runs, so that an image whose layers are
+# cached from an earlier build was built with the same CA.
+make_pip_cert() {
+    [ -r "$HOST_CA_BUNDLE" ] || die "CA bundle $HOST_CA_BUNDLE is missing"
+    mkdir -p "$CI_STATE"
+    if [ ! -s "$CI_STATE/throwaway-ca.pem" ]; then
+        command -v openssl >/dev/null || apt_install openssl
+        openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -keyout "$CI_STATE/throwaway-ca.key" \
+            -out "$CI_STATE/throwaway-ca.pem" -subj "/CN=spacy-ner-sagemaker throwaway test CA" \
+            2>/dev/null || die "openssl could not make the throwaway CA"
+    fi
+    cat "$HOST_CA_BUNDLE" "$CI_STATE/throwaway-ca.pem" >"$CI_STATE/pip-cert.pem"
+    echo "$CI_STATE/pip-cert.pem"
 }
 
 engine_answers || start_engine
 say "Docker engine answers ($(docker version --format '{{.Server.Version}}'))"
 
-if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
-    say "base image $BASE_IMAGE exists"
-else
-    make_base_image
-fi
-
+PIP_CERT=${PIP_CERT:-$(make_pip_cert)}
 [ -r "$PIP_CERT" ] || die "CA bundle $PIP_CERT is missing"
 
 # (Which docker client can build, buildx or built-in BuildKit, scripts/build-image.sh finds.)
-printf 'export BASE_IMAGE=%q\nexport PIP_CERT=%q\n' "$BASE_IMAGE" "$PIP_CERT"
+printf 'export PIP_CERT=%q\n' "$PIP_CERT"

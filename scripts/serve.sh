@@ -39,11 +39,9 @@ if "$root/scripts/docker-ready.sh"; then
         echo "serve.sh: serving $image on http://localhost:$port (Ctrl-C stops it)" >&2
         exec docker run "${args[@]}" "$image" serve
     fi
-    # Most often the base image cannot be pulled (no registry reachable): serving still
-    # works on the host, and the message says how to build the image here.
-    echo "serve.sh: the image could not be built (see above); serving on this host instead." \
-          "Where no registry can be reached, run \`eval \"\$(scripts/ci-docker.sh)\"\` first" \
-          "to build from a local base." >&2
+    # The build failed for another reason than the base (build-image.sh makes a local base
+    # where the default cannot be pulled): serving still works on the host.
+    echo "serve.sh: the image could not be built (see above); serving on this host instead." >&2
 else
     echo "serve.sh: no Docker engine answers; serving on this host instead" >&2
 fi
