@@ -113,6 +113,19 @@ def test_local_mode_runs_top_to_bottom_against_the_real_image(papermill, docker,
     # The serverless variant (local mode: the same container with one worker).
     assert entity("Cupertino", "GPE").search(text), text
     assert len(re.findall(r"^deleted \S+-endpoint-\S+ ", text, re.MULTILINE)) == 3, text
+    # Autoscaling: the target is derived from the benchmark's results; no call is made.
+    assert re.search(r"^target: \d+ x 0\.5 = \d+ invocations per instance per minute$", text,
+                     re.MULTILINE), text
+    assert "local mode has no autoscaling" in text
+    # The batch transform job really ran: each input record, matched by its id, shows the
+    # real model's entities (the ids come back from the server beside the entities).
+    assert re.search(r"spacy-ner-transform-\S+ Completed", text), text
+    for doc_id, entities in (("doc-0", "Apple (ORG), U.K. (GPE), $1 billion (MONEY)"),
+                             ("doc-4", "Ada Lovelace (PERSON), London (GPE), 1815 (DATE)"),
+                             ("doc-5", "Toyota (ORG)")):
+        assert re.search(rf"^{doc_id}  .*\n        -> {re.escape(entities)}", text,
+                         re.MULTILINE), (doc_id, text)
+    assert "-> -" not in text, "a record got no answer"
 
 
 def test_aws_mode_requests_are_valid_and_clean_up_leaves_nothing(
@@ -137,12 +150,34 @@ def test_aws_mode_requests_are_valid_and_clean_up_leaves_nothing(
             moto_server.client("ecr").describe_repositories()["repositories"]] == [IMAGE_NAME]
     # Three endpoints went InService (main, own pipeline, serverless)...
     assert len(re.findall(r"-endpoint-\S+ InService\b", text)) == 3, text
+    assert "no output records (a mock AWS runs no container and writes none)" in text
     assert "left over: nothing" in text
-    # ...and nothing is left of them, nor of the uploaded model.tar.gz.
+    # The scaling target and policy the notebook registered, as AWS answered them...
+    assert re.search(r"^scalable target: endpoint/spacy-ner-endpoint-\S+/variant/AllTraffic "
+                     r"1\.\.4 instances$", text, re.MULTILINE), text
+    assert re.search(r"^scaling policy: spacy-ner-invocations-\S+ TargetTrackingScaling "
+                     r"SageMakerVariantInvocationsPerInstance target \d+$", text, re.MULTILINE)
+    # ...and the batch transform job's arguments.
     sm = moto_server.client("sagemaker")
+    [job] = sm.list_transform_jobs()["TransformJobSummaries"]
+    job = sm.describe_transform_job(TransformJobName=job["TransformJobName"])
+    assert job["TransformJobStatus"] == "Completed" and job["BatchStrategy"] == "MultiRecord"
+    assert job["MaxPayloadInMB"] == 6
+    assert job["TransformInput"]["SplitType"] == "Line"
+    assert job["TransformInput"]["ContentType"] == "application/jsonlines"
+    source = job["TransformInput"]["DataSource"]["S3DataSource"]
+    assert source["S3DataType"] == "S3Prefix" and source["S3Uri"].endswith("/transform/input/")
+    assert job["TransformOutput"]["AssembleWith"] == "Line"
+    assert job["TransformOutput"]["Accept"] == "application/jsonlines"
+    assert job["TransformResources"] == {"InstanceType": "ml.m5.large", "InstanceCount": 1}
+    # Nothing is left: endpoints, configurations, models (the transform's too), scaling
+    # targets, and the S3 objects (model.tar.gz, the transform's input).
     assert sm.list_endpoints()["Endpoints"] == []
     assert sm.list_endpoint_configs()["EndpointConfigs"] == []
     assert sm.list_models()["Models"] == []
+    autoscaling = moto_server.client("application-autoscaling")
+    assert autoscaling.describe_scalable_targets(
+        ServiceNamespace="sagemaker")["ScalableTargets"] == []
     s3 = moto_server.client("s3")
     [bucket] = [b["Name"] for b in s3.list_buckets()["Buckets"]]
     assert bucket == "sagemaker-us-east-1-123456789012"
