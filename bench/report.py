@@ -30,7 +30,6 @@ def goals(r):
     yard = base["pipe_n"]["docs_per_s"]
     batch = _best(r["served_batch"])
     limit = r["single_text_limit"]
-    single = _at(r["served_single"], limit["clients"])
     over = r["single_text_overhead"]
     soak = r["soak"]["after"]
     out = [
@@ -42,11 +41,12 @@ def goals(r):
          f"in memory zones as the server runs them: "
          f"{batch['docs_per_s'] / base['pipe_n_batches_of_64_in_zones']['docs_per_s']:.2f}"),
         ("one-text requests, %d clients: served docs/s / the single-text limit"
-         % single["concurrency"], ">= 0.8", single["docs_per_s"] / limit["limit_docs_per_s"],
+         % limit["clients"], ">= 0.8", limit["served_docs_per_s"] / limit["limit_docs_per_s"],
          lambda v: v >= 0.8,
-         f"{single['docs_per_s']:.0f} / {limit['limit_docs_per_s']:.0f} docs/s; limit = "
+         f"{limit['served_docs_per_s']:.0f} / {limit['limit_docs_per_s']:.0f} docs/s; limit = "
          f"1 / (1/{limit['pipe_n_docs_per_s']:.0f} nlp.pipe + 1/"
-         f"{limit['http_path_docs_per_s']:.0f} HTTP path alone)"),
+         f"{limit['http_path_docs_per_s']:.0f} HTTP path alone); medians of "
+         f"{len(limit['rounds']['served'])} alternating rounds"),
         ("p50 latency overhead of one short text over nlp(text)", "<= 2 ms",
          over["overhead_p50_ms"], lambda v: v <= 2.0,
          f"served p50 {over['served_ms']['p50']} ms - nlp(text) p50 "
@@ -158,6 +158,7 @@ def markdown(r):
     ]
     if r.get("before_after"):
         lines += ["", "## Before and after", "", *before_after_table(r)]
+    lines += ["", "## Scale: per instance and per million documents", "", *scale_table(r)]
     lines += [
         "",
         "## In-process baseline (same model, same components)",
@@ -338,6 +339,66 @@ def replace_between(path, name, text):
     path.write_text(pattern.sub(lambda _: f"{start}\n{text}\n{end}", doc, count=1))
 
 
+# Prices for the Scale section's cost of a million documents: approximate, us-east-1,
+# on-demand. ml.m5.large: README.md "What it costs" (half the third-party quote for
+# ml.m5.xlarge, October 2025); batch transform bills the same instance-hours. Serverless:
+# SageMaker's pricing page lists compute per second per GB of memory (1 GB: $0.00002 a
+# second) and data processed ($0.016 per GB in or out). Check
+# https://aws.amazon.com/sagemaker/pricing/ for your region before you plan on them.
+ML_M5_LARGE_PER_HOUR = 0.13
+ML_M5_LARGE_VCPUS = 2
+SERVERLESS_PER_GB_SECOND = 0.00002
+SERVERLESS_PER_GB_PROCESSED = 0.016
+SERVERLESS_MEMORY_GB = 2  # the notebook's MemorySizeInMB=2048
+
+
+def scale_figures(r):
+    """Docs/s per instance and the approximate cost of a million documents in each mode,
+    from one run: the busiest-but-best served rows, scaled from this machine's cores to
+    ml.m5.large's vCPUs."""
+    cores = r["meta"]["machine"]["cores"]
+    per_instance = ML_M5_LARGE_VCPUS / cores
+    batch, single = _best(r["served_batch"]), _best(r["served_single"])
+    lone = _at(r["served_single"], 1)
+    million = 1_000_000
+
+    def instance_cost(docs_per_s):
+        return million / (docs_per_s * per_instance) / 3600 * ML_M5_LARGE_PER_HOUR
+
+    # Serverless bills each request's duration at its memory size, one text a request;
+    # about 300 bytes in and out per request.
+    serverless = million * (lone["latency_ms"]["p50"] / 1000 * SERVERLESS_MEMORY_GB
+                            * SERVERLESS_PER_GB_SECOND + 600 / 1e9 * SERVERLESS_PER_GB_PROCESSED)
+    return [
+        ("real-time endpoint, one text per request from many clients",
+         single["docs_per_s"] * per_instance, instance_cost(single["docs_per_s"]),
+         f"one-text requests, {single['concurrency']} clients; an instance kept busy"),
+        ("batch transform, records packed into requests",
+         batch["docs_per_s"] * per_instance, instance_cost(batch["docs_per_s"]),
+         f"`texts` of 64, {batch['concurrency']} requests at a time; instance-hours only "
+         "while the job runs, plus a few minutes of start-up"),
+        ("serverless endpoint, one text per request",
+         None, serverless,
+         f"p50 {lone['latency_ms']['p50']} ms per request, one at a time, billed at "
+         f"{SERVERLESS_MEMORY_GB} GB"),
+    ]
+
+
+def scale_table(r):
+    m = r["meta"]
+    lines = [f"From the run of {m['date']} (`bench/results/results.json`): {m['workers']} "
+             f"workers on {m['machine']['cores']} cores ({m['machine']['cpu']}), scaled to "
+             f"ml.m5.large's {ML_M5_LARGE_VCPUS} vCPUs; approximate us-east-1 on-demand prices "
+             f"(ml.m5.large about ${ML_M5_LARGE_PER_HOUR}/hour; serverless "
+             f"${SERVERLESS_PER_GB_SECOND} per GB-second), so check the pricing page.",
+             "", "| mode | docs/s per instance | cost of 1,000,000 documents | measured as |",
+             "|---|---|---|---|"]
+    for mode, rate, cost, how in scale_figures(r):
+        lines.append(f"| {mode} | {'—' if rate is None else f'{rate:.0f}'} | about "
+                     f"${cost:.2f} | {how} |")
+    return lines
+
+
 def update_readmes(r, root):
     """The figures of a full run into README.md and bench/README.md."""
     m, mach = r["meta"], r["meta"]["machine"]
@@ -345,6 +406,7 @@ def update_readmes(r, root):
               f"{mach['cores']} cores, {mach['memory_gb']} GiB; target {m['target']}, "
               f"{m['workers']} workers; the load generator shares the server's cores.")
     replace_between(root / "README.md", "goals", "\n".join([header, "", *goals_table(r)]))
+    replace_between(root / "README.md", "scale", "\n".join(scale_table(r)))
     replace_between(root / "bench" / "README.md", "results", markdown(r))
 
 
@@ -355,3 +417,14 @@ def write(r, out, readmes_root=None):
     soak_chart(r, out / "soak.png")
     if readmes_root:
         update_readmes(r, Path(readmes_root))
+
+
+if __name__ == "__main__":  # the report step alone: python bench/report.py [results.json]
+    import sys
+
+    source = Path(sys.argv[1] if len(sys.argv) > 1 else
+                  Path(__file__).resolve().parent / "results" / "results.json")
+    results = json.loads(source.read_text())
+    results["goals"] = goals(results)
+    write(results, source.parent,
+          readmes_root=None if results["meta"]["quick"] else Path(__file__).resolve().parent.parent)

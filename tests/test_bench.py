@@ -75,6 +75,10 @@ def test_the_single_text_limit_is_computed_from_its_two_measured_parts(quick_run
     assert limit["limit_docs_per_s"] == pytest.approx(expected, rel=0.01)
     assert limit["limit_docs_per_s"] < min(limit["pipe_n_docs_per_s"],
                                            limit["http_path_docs_per_s"])
+    # The served side of the goal was measured alternately with the HTTP path.
+    assert len(limit["rounds"]["served"]) == len(limit["rounds"]["http_path"]) >= 1
+    assert limit["served_docs_per_s"] in limit["rounds"]["served"] or \
+        len(limit["rounds"]["served"]) % 2 == 0
 
 
 def test_the_soak_samples_memory_from_start_to_end(quick_run):
