@@ -54,7 +54,7 @@ def misbehaving_model(tiny_model, tmp_path_factory):
 def app(misbehaving_model):
     """A fresh app (and so a fresh batcher) around the pipeline, every component on."""
     yield app_with(misbehaving_model)
-    components.release()  # never leave the batching thread waiting
+    components.release()  # never leave a thread holding the model waiting on HOLD
 
 
 def app_with(pipeline, **env):

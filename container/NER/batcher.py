@@ -163,6 +163,7 @@ class Batcher:
                     job = pending[0]
                     records = [entity_records(d) for d in itertools.islice(docs, len(job.texts))]
                     pending.popleft().finish(records)
+                docs.close()  # nothing of the call outlives the zone, not even the generator
         except Exception as e:
             if len(jobs) == 1:  # the request thread raises it, and the app logs it
                 jobs[0].finish(error=e)
