@@ -317,7 +317,7 @@ def soak_chart(r, path):
         ax.plot([x for x, _ in points], [mb for _, mb in points], marker="o", label=label,
                 color="tab:red" if name == "before" else "tab:blue")
     ax.set(title=f"Server memory (summed PSS) while {r['soak']['texts']:,} texts of novel "
-           f"words arrive, {r['meta']['workers']} workers; {r['meta']['date'][:10]}",
+           f"words arrive\n{r['meta']['workers']} workers; run of {r['meta']['date'][:16]}",
            xlabel="texts sent", ylabel="MB")
     ax.axvline(r["soak"]["warmup_texts"], color="grey", linestyle=":",
                label="end of the warm-up; growth counts from here")
@@ -390,7 +390,7 @@ def scale_table(r):
              f"workers on {m['machine']['cores']} cores ({m['machine']['cpu']}), scaled to "
              f"ml.m5.large's {ML_M5_LARGE_VCPUS} vCPUs; approximate us-east-1 on-demand prices "
              f"(ml.m5.large about ${ML_M5_LARGE_PER_HOUR}/hour; serverless "
-             f"${SERVERLESS_PER_GB_SECOND} per GB-second), so check the pricing page.",
+             f"${SERVERLESS_PER_GB_SECOND:.5f} per GB-second), so check the pricing page.",
              "", "| mode | docs/s per instance | cost of 1,000,000 documents | measured as |",
              "|---|---|---|---|"]
     for mode, rate, cost, how in scale_figures(r):

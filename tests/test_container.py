@@ -102,6 +102,23 @@ def test_the_blog_posts_request_gets_its_answer_format(served):
                                           ["$1 billion", "MONEY"]]}
 
 
+def test_jsonlines_records_keep_their_own_fields_through_the_container(served):
+    """As batch transform sends them: each answer line carries its record's other fields,
+    nested ones too, unchanged; a record with no other field answers entities alone."""
+    records = [{"id": 7, "text": APPLE},
+               {"text": APPLE, "meta": {"source": ["feed", 3], "seen": None}, "id": "x-8"},
+               {"text": APPLE}, APPLE]
+    body = "".join(json.dumps(r) + "\n" for r in records).encode()
+    response = requests.post(f"{served.url}/invocations", data=body, timeout=30, headers={
+        "Content-Type": "application/jsonlines", "Accept": "application/jsonlines"})
+    assert response.status_code == 200, response.text[:300]
+    lines = [json.loads(line) for line in response.text.splitlines()]
+    assert lines == [{"id": 7, "entities": APPLE_ENTITIES},
+                     {"meta": {"source": ["feed", 3], "seen": None}, "id": "x-8",
+                      "entities": APPLE_ENTITIES},
+                     {"entities": APPLE_ENTITIES}, {"entities": APPLE_ENTITIES}]
+
+
 @each_bad_request
 def test_a_bad_request_gets_a_json_4xx_through_the_container(
         served, name, method, path, headers, body, status, code):
