@@ -27,14 +27,14 @@ def _json_response(status, body):
     return Response(dumps(body), status=status, mimetype=JSON)
 
 
-def create_app(nlp, settings, batcher=None):
-    """The app around a loaded pipeline. `batcher` defaults to one built from settings."""
+def create_app(nlp, settings):
+    """The app around a loaded pipeline, with the one Batcher its requests share."""
     app = Flask(__name__)
     # Same limit as nginx's client_max_body_size, for when the app is reached directly.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes
-    batcher = batcher or Batcher(nlp, settings.batch_characters, settings.timeout,
-                                 settings.stuck_seconds)
-    app.extensions["batcher"] = batcher  # for tests and debugging: the worker's one batcher
+    batcher = Batcher(nlp, settings.batch_characters, settings.timeout, settings.stuck_seconds)
+    # worker.py reads it (is the model busy?), and so do the tests.
+    app.extensions["batcher"] = batcher
 
     @app.get("/ping")
     def ping():
