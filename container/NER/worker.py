@@ -13,6 +13,8 @@ import time
 
 from gunicorn.workers.gthread import ThreadWorker
 
+import recycle
+
 # Long enough for an idle worker's main thread to wake and accept; short against one
 # model call (a few ms for one text, about 100 ms for 64).
 ACCEPT_DEFER_SECONDS = 0.002
@@ -24,3 +26,7 @@ class MergingThreadWorker(ThreadWorker):
         if self.wsgi.extensions["batcher"].busy:
             time.sleep(ACCEPT_DEFER_SECONDS)
         super().accept(listener)  # EAGAIN when another worker took the connection: fine
+
+    def run(self):
+        recycle.watch(self)  # replaced once its memory has grown (MODEL_SERVER_RECYCLE_MB)
+        super().run()

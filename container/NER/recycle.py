@@ -1,0 +1,110 @@
+"""Replacing a worker whose memory has grown: MODEL_SERVER_RECYCLE_MB.
+
+Why: memory zones free the strings and lexemes a call adds, but not the cells they took in
+spaCy's hash tables (the StringStore's and the Vocab's preshed maps keep growing with every
+novel word ever seen), and glibc keeps some of what is freed (bench/README.md, "Memory over
+weeks"). No setting of spaCy's stops that; a fresh process does. gunicorn forks the new
+worker from the preloaded master in milliseconds: model, vocabulary and tokenizer cache as
+they were loaded, shared copy-on-write.
+
+What counts is the worker's USS, its private pages (Private_Clean + Private_Dirty of
+/proc/self/smaps_rollup): what the machine gives back when the worker exits. RSS would
+count the pages it shares with the master and its siblings, and would not see the master's
+pages it has copied on write. The worker's start is its USS after its first model call,
+once it has copied what any worker copies; it is replaced once its USS has grown
+MODEL_SERVER_RECYCLE_MB over that.
+
+How, without losing a request: a thread in each worker reads its USS every CHECK_SECONDS.
+Past the limit, it takes the recycle lock, then
+1. stops accepting: with worker_connections at 0, gthread's loop unregisters the listening
+   socket on its next pass, and the other workers take the new connections;
+2. waits until every connection it holds has been answered: those requests finish in the
+   merged call they are in, or in the next one, which takes everything queued;
+3. sets `alive = False`, as gunicorn's own max_requests does. The worker's loop ends, the
+   process exits, and the master forks a new worker in its place.
+
+The lock is a POSIX record lock (lockf) on a file the master opens when gunicorn loads
+the worker class, before any fork: every worker inherits the descriptor, the lock belongs
+to one process at a time, and the kernel drops it when that process exits. So one worker
+recycles at a time; another one that is past its limit waits for the next check after
+that exit.
+"""
+
+import fcntl
+import logging
+import os
+import tempfile
+import threading
+import time
+
+from settings import Settings
+
+log = logging.getLogger("ner.recycle")
+
+# Often enough that a worker overshoots its limit by little more than one merged call's
+# worth of memory; reading smaps_rollup costs about a millisecond.
+CHECK_SECONDS = 1.0
+# How often a recycling worker looks whether the requests it holds are answered.
+DRAIN_POLL_SECONDS = 0.01
+
+# Read once, here in the master: serve has validated the same environment already.
+LIMIT_MB = Settings.from_env().recycle_mb
+# Opened before the fork (this module is imported with the worker class); unlinked at once.
+_LOCK = tempfile.TemporaryFile(prefix="ner-recycle-")
+
+
+def uss_mb(path="/proc/self/smaps_rollup"):
+    """This process's private memory in MB (10^6 bytes)."""
+    kb = 0
+    with open(path) as f:
+        for line in f:
+            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                kb += int(line.split()[1])
+    return kb * 1024 / 1e6
+
+
+def watch(worker, limit_mb=None):
+    """Start the thread that recycles this gunicorn ThreadWorker (call it in the worker
+    process, once its loop is about to run). limit_mb: default MODEL_SERVER_RECYCLE_MB;
+    0 turns recycling off."""
+    limit_mb = LIMIT_MB if limit_mb is None else limit_mb
+    if limit_mb:
+        threading.Thread(target=_watch, args=(worker, limit_mb), name="recycle",
+                         daemon=True).start()
+
+
+def _watch(worker, limit_mb):
+    batcher = worker.wsgi.extensions["batcher"]
+    while batcher.calls == 0:
+        time.sleep(CHECK_SECONDS)
+    start = uss_mb()
+    while True:
+        time.sleep(CHECK_SECONDS)
+        now = uss_mb()
+        if now - start >= limit_mb and _try_lock():
+            _recycle(worker, start, now, limit_mb)
+            return
+
+
+def _try_lock():
+    try:
+        fcntl.lockf(_LOCK, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:  # another worker is recycling; it holds the lock until it exits
+        return False
+
+
+def _recycle(worker, start, now, limit_mb):
+    began = time.monotonic()
+    log.info("recycle begins: pid %d, USS %.0f MB, %.0f MB over its start (limit %d MB); "
+             "no longer accepting, %d requests held", os.getpid(), now, now - start,
+             limit_mb, worker.nr_conns)
+    worker.worker_connections = 0
+    worker.method_queue.defer(lambda: None)  # wake the loop now rather than within 1 s
+    # Connections accepted before the loop's next pass are held, and counted, too.
+    while worker.nr_conns or worker._accepting:
+        time.sleep(DRAIN_POLL_SECONDS)
+    log.info("recycle ends: pid %d answered every request it held in %.2f s; exiting so "
+             "that gunicorn forks a fresh worker", os.getpid(), time.monotonic() - began)
+    worker.alive = False
+    worker.method_queue.defer(lambda: None)
