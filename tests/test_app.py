@@ -2,13 +2,15 @@
 and the table of bad requests. Fast: no nginx, no gunicorn (test_serve.py adds those;
 test_batching.py covers concurrent requests and a pipeline that raises)."""
 
+import itertools
 import json
 
 import pytest
 
 import model
 import predictor
-from bad_requests import check_error, each_bad_request
+from bad_requests import check_error, each_app_bad_request
+from conftest import TRAIN
 from settings import Settings
 
 SENTENCE = "Alice works at Acme in Paris."
@@ -166,11 +168,132 @@ def test_sagemaker_headers_are_accepted_and_custom_attributes_echoed(client):
 
 
 def test_execution_parameters_describe_batch_transform(client):
-    assert client.get("/execution-parameters").get_json() == {
-        "MaxConcurrentTransforms": 3, "BatchStrategy": "MULTI_RECORD", "MaxPayloadInMB": 6}
+    params = client.get("/execution-parameters").get_json()
+    assert params["MaxConcurrentTransforms"] == 3  # one request per worker
+    assert params["BatchStrategy"] == "MULTI_RECORD"
+    # Never more than the server itself accepts (SAGEMAKER_MAX_PAYLOAD_IN_MB, 6 here).
+    assert 1 <= params["MaxPayloadInMB"] <= 6
 
 
-@each_bad_request
+@pytest.mark.parametrize("rate,env,expected", [
+    # 100,000 characters/s x 600 s x 0.5 = 30,000,000 characters: 28 MiB.
+    (100_000, {"SAGEMAKER_BATCH": "true"}, 28),
+    # The same, 8 workers: SageMaker allows 100 MB across concurrent requests.
+    (100_000, {"SAGEMAKER_BATCH": "true", "MODEL_SERVER_WORKERS": "8"}, 12),
+    # Never over what nginx accepts.
+    (100_000, {"SAGEMAKER_BATCH": "true", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "6"}, 6),
+    # A real-time timeout: 100,000 x 60 x 0.5 = 3,000,000 characters: 2 MiB.
+    (100_000, {}, 2),
+    # A slow pipeline still gets 1 MB, the least a transform job can ask for.
+    (1_000, {}, 1),
+])
+def test_the_suggested_payload_is_what_one_worker_runs_in_half_the_timeout(rate, env,
+                                                                            expected):
+    settings = Settings.from_env({"MODEL_SERVER_WORKERS": "2", **env})
+    assert predictor.suggested_payload_mb(rate, settings) == expected
+
+
+@pytest.fixture(scope="module")
+def ruler_model(tmp_path_factory):
+    """A rules-only pipeline (entity_ruler): its entities do not depend on the words
+    around them, so a text cut into pieces must get exactly the entities it gets whole.
+    "New York" is two tokens: a cut between them must not cut the entity."""
+    import spacy
+    nlp = spacy.blank("en")
+    ruler = nlp.add_pipe("entity_ruler")
+    ruler.add_patterns([{"label": label, "pattern": text} for text, ents in TRAIN
+                        for text, label in {(text[s:e], label) for s, e, label in ents}]
+                       + [{"label": "GPE", "pattern": [{"LOWER": "new"}, {"LOWER": "york"}]}])
+    path = tmp_path_factory.mktemp("models") / "ruler"
+    nlp.to_disk(path)
+    return path
+
+
+def ruler_app(path, **env):
+    settings = Settings.from_env({"SPACY_MODEL": str(path), **env})
+    return predictor.create_app(model.load(settings), settings).test_client()
+
+
+@pytest.fixture(scope="module")
+def whole(ruler_model):
+    """The rules-only app with the default sizes: these bodies are one group, one piece."""
+    return ruler_app(ruler_model)
+
+
+@pytest.fixture(scope="module")
+def small_pieces(ruler_model):
+    """The same app with small groups and pieces, so that small bodies take the paths
+    large ones do: JSON Lines in several groups, texts in several pieces."""
+    return ruler_app(ruler_model, MODEL_SERVER_BATCH_CHARACTERS="500",
+                     MODEL_SERVER_CHUNK_CHARACTERS="1000",
+                     MODEL_SERVER_MAX_TEXT_CHARACTERS="50000")
+
+
+def paragraphs(n):
+    """A document of n short paragraphs: the tiny model's sentences, numbered."""
+    return "\n\n".join(f"{text} Note {i}." for i, (text, _) in
+                        zip(range(n), itertools.cycle(TRAIN)))
+
+
+def test_a_jsonlines_body_of_many_groups_gets_every_line_in_order(small_pieces, whole):
+    records = [{"id": i, "text": SENTENCE} for i in range(400)]
+    body = "".join(json.dumps(r) + "\n" for r in records)
+    for accept in ("application/jsonlines", "application/json"):
+        response = invoke(small_pieces, body, "application/jsonlines", Accept=accept)
+        assert response.status_code == 200
+        if accept == "application/json":
+            lines = response.get_json()["results"]
+        else:
+            lines = [json.loads(line) for line in response.data.decode().splitlines()]
+        assert [r["id"] for r in lines] == list(range(400))
+        assert all(r["entities"] == EXPECTED for r in lines), lines[0]
+    # The same as the app whose one group holds the whole body.
+    assert invoke(whole, body, "application/jsonlines").get_json() == \
+        invoke(small_pieces, body, "application/jsonlines").get_json()
+
+
+def test_a_malformed_line_late_in_a_large_body_fails_it_whole_before_any_answer(
+        small_pieces):
+    lines = [json.dumps({"id": i, "text": SENTENCE}) for i in range(300)]
+    lines[271] = '{"id": 271, "text": '
+    response = invoke(small_pieces, "\n".join(lines), "application/jsonlines")
+    check_error(response.status_code, response.headers, response.data, 400, "invalid_json")
+    assert "line 272" in response.get_json()["error"]["message"]
+
+
+def test_a_text_longer_than_a_piece_gets_the_entities_it_gets_whole(small_pieces, whole):
+    text = paragraphs(60)  # about 2,000 characters: 3 pieces of at most 1,000
+    got = invoke(small_pieces, {"text": text}).get_json()["entities"]
+    assert got == invoke(whole, {"text": text}).get_json()["entities"]
+    assert len(got) > 100
+    for e in got:
+        assert text[e["start"]:e["end"]] == e["text"]
+
+
+@pytest.mark.parametrize("separator", [" ", "\n"])
+def test_a_cut_inside_a_paragraph_never_cuts_an_entity(small_pieces, whole, separator):
+    # One paragraph of about 3,000 characters, cut at whitespace or line breaks into
+    # overlapping pieces; every position of "New York" relative to a cut comes up.
+    words = separator.join(f"Alice met Bob in New York{'!' * (i % 7)}" for i in range(100))
+    got = invoke(small_pieces, {"texts": [words]}).get_json()["results"][0]["entities"]
+    assert got == invoke(whole, {"texts": [words]}).get_json()["results"][0]["entities"]
+    assert [e["text"] for e in got].count("New York") == 100
+    for e in got:
+        assert words[e["start"]:e["end"]] == e["text"]
+
+
+@pytest.mark.parametrize("content_type,body", [
+    ("text/plain", "a " * 25_001),
+    ("application/json", json.dumps({"texts": ["Alice", "a " * 25_001]})),
+    ("application/jsonlines", json.dumps("Alice") + "\n" + json.dumps("a " * 25_001)),
+])
+def test_a_text_over_the_max_text_characters_gets_413(small_pieces, content_type, body):
+    response = invoke(small_pieces, body, content_type)
+    check_error(response.status_code, response.headers, response.data, 413, "text_too_long")
+    assert "MODEL_SERVER_MAX_TEXT_CHARACTERS" in response.get_json()["error"]["message"]
+
+
+@each_app_bad_request
 def test_a_bad_request_gets_a_json_4xx_and_the_app_keeps_answering(
         client, name, method, path, headers, body, status, code):
     response = client.open(path, method=method, data=body, headers=headers)

@@ -41,9 +41,10 @@ def novel_words(n, seed):
 
 @pytest.fixture(scope="module")
 def misbehaving_model(tiny_model, tmp_path_factory):
-    """The tiny NER pipeline plus test_raise, test_stall, test_hold and test_count."""
+    """The tiny NER pipeline plus test_raise, test_stall, test_hold, test_exit and
+    test_count."""
     nlp = spacy.load(tiny_model)
-    for name in ("test_raise", "test_stall", "test_hold", "test_count"):
+    for name in ("test_raise", "test_stall", "test_hold", "test_exit", "test_count"):
         nlp.add_pipe(name)
     path = tmp_path_factory.mktemp("models") / "misbehaving"
     nlp.to_disk(path)
@@ -193,6 +194,51 @@ def test_the_character_cap_bounds_each_merged_call(misbehaving_model):
         components.release()
     # Two 42-character requests fit in 100; the big one alone; then the last two.
     assert components.pipe_calls == [1, 2, 2, 1, 1, 2]
+
+
+def test_a_request_over_the_cap_shares_the_model_with_the_requests_behind_it(
+        misbehaving_model):
+    app = app_with(misbehaving_model, MODEL_SERVER_BATCH_CHARACTERS="100")
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            held = Held(app, pool)
+            forty = "Eve lives in Rome and Bob in Berlin, okay."  # 42 characters
+            big = held.queue([({"texts": [forty] * 6},)])
+            small = held.queue([({"text": forty},)])
+            held.release()
+            assert big[0].result(timeout=30).get_json()["results"] == \
+                [{"entities": small[0].result(timeout=30).get_json()["entities"]}] * 6
+    finally:
+        components.release()
+    # Two of the big request's texts; then the small request with the big one's third;
+    # then the rest of the big one. The small one did not wait for all six.
+    assert components.pipe_calls == [1, 2, 2, 2, 1]
+
+
+@pytest.mark.parametrize("merged", [False, True])
+def test_a_component_raising_what_is_no_exception_fails_its_request_alone(app, merged):
+    """SystemExit from a component: a JSON 500 for its request, the others answered, and
+    the model handed on (the next request is answered too)."""
+    with ThreadPoolExecutor(8) as pool:
+        held = Held(app, pool)
+        good = held.queue([({"text": TEXTS[0]},)]) if merged else []
+        bad = held.queue([({"texts": ["Bob moved to Berlin.", "EXIT now"]},)])
+        good += held.queue([({"text": TEXTS[1]},)]) if merged else []
+        held.release()
+        failed = bad[0].result(timeout=30)
+        check_error(failed.status_code, failed.headers, failed.data, 500, "internal_error")
+        assert all(f.result(timeout=30).status_code == 200 for f in good)
+    after = post(app, {"text": TEXTS[0]})
+    assert after.status_code == 200 and after.get_json()["entities"]
+    assert not app.extensions["batcher"].busy and app.extensions["batcher"].queued() == 0
+
+
+def test_an_answer_given_is_never_replaced():
+    from batcher import _Job
+    job = _Job(["a", "b"])
+    job.add([[], [{"text": "b"}]])
+    job.finish(RuntimeError("raised later, by the zone's exit"))
+    assert job.done and job.error is None and job.records == [[], [{"text": "b"}]]
 
 
 def test_a_request_that_waited_past_the_timeout_is_dropped_with_a_504(misbehaving_model):

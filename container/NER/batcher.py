@@ -4,24 +4,33 @@ Each gunicorn worker runs MODEL_SERVER_THREADS request threads (gunicorn's gthre
 worker). Only one of them runs the pipeline at a time. A request thread decodes its body
 and queues its texts; if the model is idle, it runs the model itself, at once (no thread
 hand-off, no delay window, so a lone request is as fast as a direct nlp.pipe call). If the
-model is busy, it waits. The thread running the model takes everything queued at that
+model is busy, it waits. The thread running the model takes the texts queued at that
 moment (in arrival order, up to MODEL_SERVER_BATCH_CHARACTERS) into one nlp.pipe call;
 once its own request is answered it hands the model to the oldest waiting request, whose
 thread takes everything queued by then. So batches form only from what queued while the
 model was busy. spaCy spends about twice the CPU per document on a call of one text as on
 a batch, so under load this is where the throughput comes from.
 
-Every merged call runs inside nlp.memory_zone(): the strings and lexemes that new words
-add to the Vocab are freed when it ends, so memory stays flat however many novel words
-the service sees. Docs do not outlive the zone; the answer is made of plain records.
+A request larger than MODEL_SERVER_BATCH_CHARACTERS does not hold the model for all of its
+texts: each call takes a slice of it, up to the cap, and requests that queue meanwhile
+join the next call. So a 6 MB batch shares the worker with the one-text requests beside
+it, and no single call runs long enough to look stuck to the watchdog.
 
-Each request is answered as soon as its own texts are done (nlp.pipe yields in order),
-not when the whole merged call ends. If the pipeline raises, the requests not yet
-answered are run again one by one, so only the one that fails gets the error.
+Every merged call runs inside nlp.memory_zone(): the strings and lexemes that new words
+add to the Vocab are freed when it ends, so the Vocab does not keep what each request
+brought. Docs do not outlive the zone; the answer is made of plain records.
+
+A request is answered once the nlp.pipe minibatch (nlp.batch_size texts) that holds its
+last text is done: nlp.pipe yields in order, but a minibatch's docs all come out together,
+so a one-text request merged behind 200 others waits for that minibatch, not for the whole
+call. If the pipeline raises (anything, BaseException included), the requests not yet
+answered are run again one by one, so only the one that fails gets the error; every
+request taken is answered, and an answer once given is never replaced.
 
 A model call that never returns is not something a request thread can notice (gunicorn's
 heartbeat comes from the worker's main thread, which stays alive): a watchdog thread ends
-the worker when one call has run for `stuck_seconds`, and gunicorn starts a new one.
+the worker when one call has run for `stuck_seconds`, and gunicorn starts a new one. No
+request thread waits longer than that for its answer.
 """
 
 import collections
@@ -36,6 +45,12 @@ from protocol import ApiError
 log = logging.getLogger("ner.batcher")
 
 
+class PipelineError(Exception):
+    """What the pipeline raised that is not an Exception (SystemExit, KeyboardInterrupt,
+    GeneratorExit from a component): carried to the request as an ordinary error, so that
+    it gets a JSON 500 and the worker's thread lives on."""
+
+
 def entity_records(doc):
     """Plain data for a Doc's entities; start/end are character offsets, end exclusive:
     text[start:end] == the entity's text."""
@@ -43,30 +58,45 @@ def entity_records(doc):
             for e in doc.ents]
 
 
-class _Job:
-    """One request's texts, waiting for their entity records."""
+def _timed_out(message):
+    return ApiError(504, "model_timeout", message)
 
-    __slots__ = ("texts", "characters", "queued", "records", "error", "done", "wake")
+
+class _Job:
+    """One request's texts, waiting for their entity records (taken a slice at a time)."""
+
+    __slots__ = ("texts", "lengths", "taken", "queued", "records", "error", "done", "wake")
 
     def __init__(self, texts):
         self.texts = texts
-        self.characters = sum(len(t) for t in texts)
+        self.lengths = [len(t) for t in texts]
+        self.taken = 0  # texts handed to a call so far
         self.queued = time.monotonic()
-        self.records = self.error = None
+        self.records = []
+        self.error = None
         self.done = False
         self.wake = threading.Event()  # set when done, or when its thread gets the model
 
-    def finish(self, records=None, error=None):
-        self.records, self.error, self.done = records, error, True
+    def add(self, records):
+        """Records of its next texts, in order; done once all have them."""
+        if not self.done:
+            self.records.extend(records)
+            if len(self.records) == len(self.texts):
+                self.finish()
+
+    def finish(self, error=None):
+        if self.done:  # an answer given is never replaced
+            return
+        self.error, self.done = error, True
         self.wake.set()
 
 
 class Batcher:
     def __init__(self, nlp, max_characters, timeout, stuck_seconds, on_stuck=None):
-        """max_characters: the cap on one merged call (a request over it runs alone).
+        """max_characters: the cap on one merged call (a text over it runs alone).
         timeout: a request queued longer than this has had its 504 from nginx already,
-        so it is dropped rather than run. stuck_seconds: how long one call may run before
-        the watchdog calls on_stuck (default: end this worker process)."""
+        so what is left of it is dropped rather than run. stuck_seconds: how long one
+        call may run before the watchdog calls on_stuck (default: end this worker)."""
         self.nlp = nlp
         self.max_characters = max_characters
         self.timeout = timeout
@@ -90,18 +120,32 @@ class Batcher:
             holding = not self._busy
             self._busy = True
         if not holding:
-            job.wake.wait()  # answered by the thread holding the model, or handed it
+            self._wait(job)  # answered by the thread holding the model, or handed it
         if not job.done:  # this thread holds the model: its own job is the oldest queued
             try:
                 while not job.done:
                     with self._lock:
-                        jobs = self._take()
-                    self._run(jobs)
+                        slices = self._take()
+                    self._run(slices)
             finally:
                 self._hand_on()
         if job.error is not None:
             raise job.error
         return job.records
+
+    def _wait(self, job):
+        # Every call ahead of this one ends within stuck_seconds or the watchdog ends the
+        # worker; a wait past that means something lost the hand-off, so say so.
+        bound = self.timeout + self.stuck_seconds
+        if job.wake.wait(bound):
+            return
+        with self._lock:
+            if job.wake.is_set():  # handed the model, or answered, just now
+                return
+            if job in self._queue:
+                self._queue.remove(job)
+            job.finish(_timed_out(f"no answer from the model within {bound} s"))
+        log.error("a request waited %d s without getting the model or an answer", bound)
 
     def _hand_on(self):
         """Give the model to the oldest waiting request, or mark it idle."""
@@ -129,54 +173,78 @@ class Batcher:
             threading.Thread(target=self._watch, name="watchdog", daemon=True).start()
 
     def _take(self):
-        """The jobs of the next merged call: the oldest, then more while they fit."""
-        jobs = [self._queue.popleft()]
-        characters = jobs[0].characters
-        while self._queue and characters + self._queue[0].characters <= self.max_characters:
-            characters += self._queue[0].characters
-            jobs.append(self._queue.popleft())
-        return jobs
+        """The next merged call: [(job, first text, number of texts)], the first job's
+        next texts first, then more while they fit under the cap. A job whose texts are
+        all taken, or that is answered already (an error, a timeout), leaves the queue; one
+        that the cap cuts goes to its back, so the jobs behind it join the next call
+        instead of waiting for all of it."""
+        slices, characters = [], 0
+        while self._queue:
+            job = self._queue[0]
+            if job.done:
+                self._queue.popleft()
+                continue
+            n = 0
+            for length in itertools.islice(job.lengths, job.taken, None):
+                if (slices or n) and characters + length > self.max_characters:
+                    break
+                characters += length
+                n += 1
+            if not n:  # its next text does not fit: it leads the next call
+                break
+            slices.append((job, job.taken, n))
+            job.taken += n
+            self._queue.popleft()
+            if job.taken < len(job.texts):  # the cap is reached inside this job
+                self._queue.append(job)
+                break
+        return slices
 
-    def _run(self, jobs):
-        """Answer jobs: drop those queued past the timeout, merge the rest."""
+    def _run(self, slices):
+        """Answer the slices: drop jobs queued past the timeout, merge the rest."""
         late = time.monotonic() - self.timeout
-        for job in jobs:
+        for job, _, _ in slices:
             if job.queued < late:  # nginx has answered 504 already: no one is waiting
-                job.finish(error=ApiError(504, "model_timeout", "the request waited longer "
-                                          "than MODEL_SERVER_TIMEOUT for the model"))
-        jobs = [j for j in jobs if not j.done]
-        if jobs:
+                job.finish(_timed_out("the request waited longer than MODEL_SERVER_TIMEOUT "
+                                      "for the model"))
+        slices = [s for s in slices if not s[0].done]
+        if slices:
             self._busy_since = time.monotonic()
             try:
-                self._pipe(jobs)
+                self._pipe(slices)
             finally:
                 self._busy_since = None
 
-    def _pipe(self, jobs):
-        """One nlp.pipe call for all jobs; on an error, the unanswered ones one by one."""
+    def _pipe(self, slices):
+        """One nlp.pipe call for all slices; on an error, the unanswered ones one by one."""
         self.calls += 1
-        pending = collections.deque(jobs)
+        pending = collections.deque(slices)
         try:
             with self.nlp.memory_zone():
-                docs = self.nlp.pipe(t for job in jobs for t in job.texts)
-                while pending:
-                    job = pending[0]
-                    records = [entity_records(d) for d in itertools.islice(docs, len(job.texts))]
-                    pending.popleft().finish(records)
-                docs.close()  # nothing of the call outlives the zone, not even the generator
-        except Exception as e:
-            if len(jobs) == 1:  # the request thread raises it, and the app logs it
-                jobs[0].finish(error=e)
+                texts = [t for job, first, n in slices for t in job.texts[first:first + n]]
+                docs = self.nlp.pipe(texts)
+                try:
+                    while pending:
+                        job, _, n = pending[0]
+                        job.add([entity_records(d) for d in itertools.islice(docs, n)])
+                        pending.popleft()
+                finally:
+                    docs.close()  # nothing of the call outlives the zone, not the generator
+        except BaseException as e:  # whatever a component raised: every slice is answered
+            error = e if isinstance(e, Exception) else PipelineError(repr(e))
+            if len(slices) == 1:  # the request thread raises it, and the app logs it
+                slices[0][0].finish(error)
                 return
             log.warning("the pipeline failed on a merged call (%r); running its %d "
                         "unanswered requests one by one", e, len(pending))
-            for job in pending:
-                self._pipe([job])
+            for one in pending:
+                if not one[0].done:
+                    self._pipe([one])
             return
         if log.isEnabledFor(logging.DEBUG):  # what merging does, and that memory is flat
             log.debug("nlp.pipe call %d: %d requests, %d texts, %d characters; vocabulary "
-                      "%d strings", self.calls, len(jobs), sum(len(j.texts) for j in jobs),
-                      sum(j.characters for j in jobs), len(self.nlp.vocab.strings))
+                      "%d strings", self.calls, len(slices), len(texts),
+                      sum(len(t) for t in texts), len(self.nlp.vocab.strings))
 
     def _watch(self):
         while True:

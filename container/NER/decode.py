@@ -87,45 +87,51 @@ def decode_text(body):
     return [_check_text(_utf8(body), "body")], Shape("plain")
 
 
-def decode_jsonlines(body):
-    """One record per line: a JSON string or {"text": ..., any other fields}. This is what
-    batch transform sends with SplitType=Line; a final newline does not start another
-    record, and a blank line is an empty record, so the answer keeps one line per line."""
-    lines = _utf8(body).split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    texts, extras = [], []
-    for n, line in enumerate(lines, 1):
-        record, fields = "", {}
-        if line.strip():
-            record = _json(line.rstrip("\r"), f"line {n}")
-            if isinstance(record, dict):
-                if "text" not in record:
-                    raise ApiError(400, "invalid_body", f'line {n} is an object without "text"')
-                fields = {k: v for k, v in record.items() if k != "text"}
-                record = record["text"]
-        texts.append(_check_text(record, f"line {n}"))
-        extras.append(fields)
-    return texts, Shape("lines", tuple(extras))
+def decode_line(line, n):
+    """(text, other fields) of JSON Lines record n (1-based), from its bytes without the
+    newline: a JSON string or {"text": ..., any other fields}. This is what batch
+    transform sends with SplitType=Line; a blank line is an empty record, so the answer
+    keeps one line per line. stream.py reads bodies of this form a line at a time."""
+    try:
+        line = line.decode("utf-8").rstrip("\r")
+    except UnicodeDecodeError as e:
+        raise ApiError(400, "invalid_utf8",
+                       f"line {n} is not valid UTF-8 (byte {e.start} of the line)") from None
+    if not line.strip():
+        return "", {}
+    record, fields = _json(line, f"line {n}"), {}
+    if isinstance(record, dict):
+        if "text" not in record:
+            raise ApiError(400, "invalid_body", f'line {n} is an object without "text"')
+        fields = {k: v for k, v in record.items() if k != "text"}
+        record = record["text"]
+    return _check_text(record, f"line {n}"), fields
 
 
 DECODERS = {JSON: decode_json, TEXT: decode_text}
-DECODERS.update({alias: decode_jsonlines for alias in JSONLINES_ALIASES})
 
 
-def decode(body, mimetype, charset, max_length):
-    """(texts, Shape) for a request body; ApiError for anything a client got wrong."""
-    if mimetype not in DECODERS:
+def check_content_type(mimetype, charset):
+    """ApiError (415) unless the body is a form this server reads, in UTF-8."""
+    if mimetype not in DECODERS and mimetype not in JSONLINES_ALIASES:
         raise ApiError(415, "unsupported_content_type",
                        f"Content-Type {mimetype or '(none)'!r} is not supported; use "
                        f"{JSON}, {TEXT} or {JSONLINES_ALIASES[0]}")
     if charset and charset.lower() not in UTF8_CHARSETS:
         raise ApiError(415, "unsupported_charset", f"charset {charset!r} is not supported; "
                        "send UTF-8")
+
+
+def check_length(text, where, max_length):
+    if len(text) > max_length:
+        raise ApiError(413, "text_too_long", f"{where} has {len(text)} characters; at most "
+                       f"{max_length} are taken (MODEL_SERVER_MAX_TEXT_CHARACTERS)")
+
+
+def decode(body, mimetype, max_length):
+    """(texts, Shape) for a JSON or plain-text body (check_content_type first; JSON Lines
+    bodies go to stream.py); ApiError for anything a client got wrong."""
     texts, shape = DECODERS[mimetype](body)
     for i, text in enumerate(texts):
-        if len(text) > max_length:
-            where = "text" if shape.single else f"text {i}"
-            raise ApiError(413, "text_too_long", f"{where} has {len(text)} characters; the "
-                           f"model takes at most {max_length} (nlp.max_length)")
+        check_length(text, "text" if shape.single else f"text {i}", max_length)
     return texts, shape

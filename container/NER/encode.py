@@ -58,8 +58,34 @@ def encode_html(texts, results, shape):
 ENCODERS = {JSON: encode_json, JSONLINES: encode_jsonlines, HTML: encode_html}
 
 
+def encode_pieces(answers, mimetype):
+    """The answer's bytes a piece at a time, for a body answered as it runs (stream.py):
+    answers yields (texts, results, shape) in order. JSON Lines and JSON go out as each
+    piece is done; an HTML page is one document, so it is rendered once, at the end."""
+    if mimetype == JSONLINES:
+        for texts, results, shape in answers:
+            yield encode_jsonlines(texts, results, shape).encode("utf-8")
+    elif mimetype == JSON:
+        yield b'{"results":['
+        separator = ""
+        for _, results, shape in answers:
+            records = [dumps(r) for r in _records(results, shape)]
+            if records:
+                yield (separator + ",".join(records)).encode("utf-8")
+                separator = ","
+        yield b"]}"
+    else:
+        texts, results = [], []
+        for t, r, _ in answers:
+            texts += t
+            results += r
+        yield encode_html(texts, results, None).encode("utf-8")
+
+
+def content_type(mimetype):
+    return f"{mimetype}; charset=utf-8" if mimetype == HTML else mimetype
+
+
 def encode(texts, results, shape, mimetype):
     """(body bytes, Content-Type) of the answer: one entity list in `results` per text."""
-    body = ENCODERS[mimetype](texts, results, shape)
-    content_type = f"{mimetype}; charset=utf-8" if mimetype == HTML else mimetype
-    return body.encode("utf-8"), content_type
+    return ENCODERS[mimetype](texts, results, shape).encode("utf-8"), content_type(mimetype)

@@ -133,3 +133,40 @@ def warm_tokenizer(nlp, chunk=5000):
     for i in range(0, len(words), chunk):
         nlp.tokenizer(" ".join(words[i:i + chunk]))
     return len(words), time.perf_counter() - started
+
+
+# News-like sentences of the length batch jobs carry, for characters_per_second. Varied, so
+# the figure is not that of one sentence the tokenizer has cached.
+_CALIBRATION = [
+    f"{who} said on {day} that {org} would open {n} new offices in {place} next year, "
+    f"after sales rose {n + 3} percent."
+    for n, (who, org, place, day) in enumerate([
+        ("Maria Lopez", "Siemens", "Madrid", "Monday"), ("John Smith", "Apple", "Berlin", "Friday"),
+        ("Aiko Tanaka", "Toyota", "Ohio", "Tuesday"), ("Pierre Martin", "Renault", "Lyon", "May 3"),
+        ("Li Wei", "Alibaba", "Singapore", "Sunday"), ("Anna Novak", "Skoda", "Prague", "June 12"),
+        ("Omar Haddad", "Aramco", "Houston", "Thursday"), ("Emma Brown", "Tesco", "Leeds", "March 9"),
+    ])
+] * 8
+
+
+def work(text):
+    """The characters of text that cost the model time: all but spaces and line breaks,
+    of which a body padded with whitespace may have millions at almost no cost."""
+    return len(text) - text.count(" ") - text.count("\n")
+
+
+def characters_per_second(nlp, rounds=5):
+    """How many characters (counted by `work`) of ordinary text one process runs through
+    nlp.pipe a second, measured here, on this machine, with this pipeline (the best of a
+    few rounds, in a memory zone as requests run). predictor.py turns it into the payload
+    that /execution-parameters suggests and the size a request may have within the
+    timeout."""
+    characters = sum(work(t) for t in _CALIBRATION)
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        with nlp.memory_zone():
+            for _ in nlp.pipe(_CALIBRATION):
+                pass
+        best = min(best, time.perf_counter() - started)
+    return characters / best

@@ -2,29 +2,56 @@
 
 create_app(nlp, settings) builds it around an already loaded pipeline, so the tests,
 the host and the image all run this same code. One request path:
-decode.decode -> batcher.Batcher.predict (nlp.pipe) -> encode.encode.
+decode -> pieces.split -> batcher.Batcher.predict (nlp.pipe) -> pieces.put_back -> encode.
+A JSON Lines body takes the same path a group of lines at a time (stream.py); a JSON or
+plain-text body is read whole (a real-time endpoint caps it at 6 MB).
 """
 
+import itertools
 import logging
+import math
+import time
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 import decode
 import encode
+import pieces
+import stream
 from batcher import Batcher
-from protocol import JSON, ApiError, dumps, error_body
+from model import characters_per_second, work
+from protocol import JSON, JSONLINES_ALIASES, ApiError, dumps, error_body
 
 log = logging.getLogger("ner.predictor")
 
 # SageMaker passes this header through opaquely; echoing it lets clients correlate.
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
+# /execution-parameters suggests a MaxPayloadInMB that one worker runs in this share of
+# MODEL_SERVER_TIMEOUT: room for texts slower than the calibration's, and for a worker
+# that shares its core with the requests merged beside the mini-batch.
+PAYLOAD_SHARE_OF_TIMEOUT = 0.5
+# SageMaker's limits on a transform job: MaxPayloadInMB at most 100, and
+# MaxPayloadInMB x MaxConcurrentTransforms at most 100 MB.
+TRANSFORM_MAX_PAYLOAD_MB = 100
 # The same codes nginx.conf uses for the errors it answers itself.
 HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
 def _json_response(status, body):
     return Response(dumps(body), status=status, mimetype=JSON)
+
+
+def suggested_payload_mb(rate, settings):
+    """The MaxPayloadInMB /execution-parameters suggests: what one worker runs in
+    PAYLOAD_SHARE_OF_TIMEOUT of the timeout at `rate` characters a second. A JSON Lines
+    byte carries at most one character, so that many MB hold at most that many
+    characters; within what this server accepts and what SageMaker allows."""
+    mb = math.floor(rate * settings.timeout * PAYLOAD_SHARE_OF_TIMEOUT / (1024 * 1024))
+    cap = TRANSFORM_MAX_PAYLOAD_MB // settings.workers
+    if settings.max_payload_mb:
+        cap = min(cap, settings.max_payload_mb)
+    return max(1, min(mb, cap))
 
 
 def create_app(nlp, settings):
@@ -35,6 +62,29 @@ def create_app(nlp, settings):
     batcher = Batcher(nlp, settings.batch_characters, settings.timeout, settings.stuck_seconds)
     # worker.py reads it (is the model busy?), and so do the tests.
     app.extensions["batcher"] = batcher
+    # Characters a second one worker runs: measured once, here, in gunicorn's master.
+    rate = characters_per_second(nlp)
+    app.extensions["characters_per_second"] = rate
+    chunk = min(settings.chunk_characters, nlp.max_length)
+    log.info("one worker runs about %.0f characters a second; /execution-parameters "
+             "suggests MaxPayloadInMB=%d", rate, suggested_payload_mb(rate, settings))
+
+    def entities(texts):
+        """Entity records per text, a long text cut into pieces and put back together."""
+        parts, plan = pieces.split(texts, chunk)
+        return pieces.put_back(batcher.predict(parts), plan)
+
+    def check_time(characters):
+        """ApiError (413) for a request of that many characters (model.work) that one
+        worker cannot run within the timeout: better at once than a 504, or a retried
+        mini-batch, after MODEL_SERVER_TIMEOUT."""
+        seconds = characters / rate
+        if seconds > settings.timeout:
+            raise ApiError(413, "too_large_for_timeout", (
+                f"{characters} characters take one worker about {seconds:.0f} s, over "
+                f"MODEL_SERVER_TIMEOUT={settings.timeout}; send less per request (a "
+                "transform job's MaxPayloadInMB) or raise MODEL_SERVER_TIMEOUT (and the "
+                "job's InvocationsTimeoutInSeconds)"))
 
     @app.get("/ping")
     def ping():
@@ -45,20 +95,58 @@ def create_app(nlp, settings):
     @app.get("/execution-parameters")
     def execution_parameters():
         # Batch transform asks this once; values set on the transform job win over it.
+        # One request per worker keeps every core busy.
         return _json_response(200, {
             "MaxConcurrentTransforms": settings.workers,
             "BatchStrategy": "MULTI_RECORD",
-            "MaxPayloadInMB": settings.max_payload_mb,
+            "MaxPayloadInMB": suggested_payload_mb(rate, settings),
         })
 
     @app.post("/invocations")
     def invocations():
+        started = time.monotonic()
         answer_type = encode.negotiate(request.accept_mimetypes, settings.default_accept)
-        texts, shape = decode.decode(request.get_data(cache=False), request.mimetype,
-                                     request.mimetype_params.get("charset"), nlp.max_length)
-        results = batcher.predict(texts)
-        body, content_type = encode.encode(texts, results, shape, answer_type)
+        mimetype = request.mimetype
+        decode.check_content_type(mimetype, request.mimetype_params.get("charset"))
+        if mimetype in JSONLINES_ALIASES:
+            return _stream(request.stream, answer_type, started)
+        texts, shape = decode.decode(request.get_data(cache=False), mimetype,
+                                     settings.max_text_characters)
+        check_time(sum(work(t) for t in texts))
+        body, content_type = encode.encode(texts, entities(texts), shape, answer_type)
         return Response(body, status=200, content_type=content_type)
+
+    def _stream(body_stream, answer_type, started):
+        """A JSON Lines body, answered a group of lines at a time (stream.py). The first
+        group runs before the answer begins, so that what fails on it (and so on any
+        body of one group) still gets its JSON error and status."""
+        body = stream.read(body_stream, settings.max_text_characters)
+        try:
+            check_time(body.work)
+            groups = body.groups(settings.batch_characters)
+            first = [(texts, entities(texts), shape) for texts, shape in
+                     itertools.islice(groups, 1)]
+        except BaseException:
+            body.close()
+            raise
+        deadline = started + settings.timeout
+
+        def answers():
+            try:
+                yield from first
+                for texts, shape in groups:
+                    if time.monotonic() > deadline:
+                        # The answer has begun: no status can say so any more. Ending the
+                        # connection without the last chunk tells the client it is cut.
+                        raise TimeoutError(f"a JSON Lines request of {body.lines} lines ran "
+                                           f"past MODEL_SERVER_TIMEOUT={settings.timeout}")
+                    yield texts, entities(texts), shape
+            finally:
+                body.close()
+
+        return Response(encode.encode_pieces(answers(), answer_type), status=200,
+                        content_type=encode.content_type(answer_type),
+                        headers={"X-Accel-Buffering": "no"})
 
     @app.after_request
     def echo_custom_attributes(response):

@@ -12,7 +12,8 @@ texts normally:
 - test_hold: waits on HOLD until the test calls release() (the model busy for as long
   as a test needs to queue requests behind it);
 - test_count: counts the nlp.pipe calls that reach it (one per call: spaCy calls a
-  component's pipe() once per nlp.pipe).
+  component's pipe() once per nlp.pipe);
+- test_exit: raises SystemExit, which is no Exception, on EXIT.
 """
 
 import threading
@@ -72,3 +73,12 @@ class PipeCounter:
 @Language.factory("test_count")
 def make_counter(nlp, name):
     return PipeCounter()
+
+
+@Language.component("test_exit")
+def exit_on_marker(doc):
+    # Not an Exception: what a component calling sys.exit(), or a stray KeyboardInterrupt,
+    # raises through nlp.pipe.
+    if "EXIT" in doc.text:
+        raise SystemExit("a component called sys.exit()")
+    return doc

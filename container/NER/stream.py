@@ -1,0 +1,109 @@
+"""JSON Lines bodies of any size in bounded memory: read and checked once, then run and
+answered a piece at a time.
+
+Batch transform sends JSON Lines mini-batches up to MaxPayloadInMB (or a whole file, with
+0), and async inference bodies of up to 1 GB. Held whole, a body costs many times its
+size (the bytes, the string, the lines, the records, the answer). Here:
+
+1. read: the body comes off the socket in blocks; every line is decoded and checked as
+   it passes (decode.decode_line), then only the raw bytes are kept, in a spooled
+   temporary file (memory up to SPOOL_IN_MEMORY, then the temporary folder: /tmp, which
+   SageMaker leaves writable even on a read-only image). A malformed record anywhere
+   fails the whole request with its JSON 4xx, naming its line, before any answer byte is
+   sent: a mini-batch is answered whole or not at all, as for a small body.
+2. run: the checked lines are read back in groups of up to MODEL_SERVER_BATCH_CHARACTERS
+   and each group goes through the same path as any request (pieces.py, batcher.py), so
+   it merges with the requests beside it.
+3. answer: each group's answer lines are sent as soon as they are made, with chunked
+   encoding, and nginx passes them on unbuffered (X-Accel-Buffering: no).
+
+Memory is then one group's texts and answers, whatever the body's size.
+"""
+
+import tempfile
+
+from decode import Shape, check_length, decode_line
+from model import work
+from protocol import ApiError
+
+# The socket is read this much at a time.
+BLOCK_BYTES = 1 << 20
+# A body up to this size stays in memory; a larger one moves to a temporary file.
+SPOOL_IN_MEMORY = 8 << 20
+BOM = b"\xef\xbb\xbf"
+# A JSON string can spend up to 6 bytes on a character (\uXXXX): a line longer than that
+# many bytes per allowed character cannot hold an allowed text.
+BYTES_PER_CHARACTER = 6
+
+
+class Body:
+    """A checked JSON Lines body: its lines, the work their texts hold (model.work), and the
+    bytes to read back."""
+
+    def __init__(self, file, lines, work):
+        self.file, self.lines, self.work = file, lines, work
+
+    def groups(self, max_characters):
+        """(texts, Shape) for consecutive records, up to max_characters a group (a longer
+        record is a group alone)."""
+        texts, extras, characters = [], [], 0
+        self.file.seek(0)
+        for n, line in enumerate(self.file, 1):
+            text, fields = decode_line(line[:-1] if line.endswith(b"\n") else line, n)
+            if texts and characters + len(text) > max_characters:
+                yield texts, Shape("lines", tuple(extras))
+                texts, extras, characters = [], [], 0
+            texts.append(text)
+            extras.append(fields)
+            characters += len(text)
+        if texts:
+            yield texts, Shape("lines", tuple(extras))
+
+    def close(self):
+        self.file.close()
+
+
+def read(stream, max_length):
+    """Read a JSON Lines body from stream (a file-like object), checking every record;
+    ApiError for the first bad one. A final newline does not start another record."""
+    spool = tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY)
+    try:
+        return _read(stream, spool, max_length)
+    except BaseException:
+        spool.close()
+        raise
+
+
+def _read(stream, spool, max_length):
+    buffer, lines, total, first = bytearray(), 0, 0, True
+    longest = BYTES_PER_CHARACTER * max_length + 64  # room for the record's other fields
+
+    def check(line):
+        nonlocal lines, total
+        lines += 1
+        text, _ = decode_line(line, lines)
+        check_length(text, f"line {lines}", max_length)
+        total += work(text)
+
+    while True:
+        block = stream.read(BLOCK_BYTES)
+        if not block:
+            break
+        if first:
+            # A byte-order mark some Windows tools prepend is not part of the first record.
+            block, first = (block[len(BOM):] if block.startswith(BOM) else block), False
+        spool.write(block)
+        buffer += block
+        start = 0
+        while (end := buffer.find(b"\n", start)) != -1:
+            check(bytes(buffer[start:end]))
+            start = end + 1
+        del buffer[:start]
+        if len(buffer) > longest:  # no need to read the rest of a line that long
+            raise ApiError(413, "text_too_long", f"line {lines + 1} is over {len(buffer)} "
+                           f"bytes, more than a text of {max_length} characters "
+                           "(MODEL_SERVER_MAX_TEXT_CHARACTERS) can take")
+    if buffer:
+        check(bytes(buffer))
+    return Body(spool, lines, total)
+
