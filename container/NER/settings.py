@@ -118,9 +118,13 @@ class _Env:
 class Settings:
     port: int
     workers: int
+    batch: bool
     timeout: int
+    health_seconds: int
     threads: int
     batch_characters: int
+    chunk_characters: int
+    max_text_characters: int
     default_accept: str
     max_payload_mb: int
     spacy_model: str
@@ -145,27 +149,49 @@ class Settings:
     def from_env(cls, env=None, cpus=available_cpus):
         """The settings from env (default: os.environ). Every default and range is here."""
         e = _Env(os.environ if env is None else env)
+        # SageMaker sets this in a batch transform job's containers.
+        batch = e.bool("SAGEMAKER_BATCH", False)
         return cls(
             # Inference pipelines and multi-container endpoints move the server with this.
             port=e.int("SAGEMAKER_BIND_TO_PORT", 8080, 1, 65535),
             # The blog post's names, and the SageMaker inference toolkit's as aliases.
             workers=e.int("MODEL_SERVER_WORKERS", cpus(), 1, 256,
                           aliases=["SAGEMAKER_MODEL_SERVER_WORKERS"]),
-            # SageMaker gives /invocations 60 s; a stuck model call is ended
+            batch=batch,
+            # A real-time endpoint gives /invocations 60 s. A transform job waits for each
+            # request as long as its ModelClientConfig.InvocationsTimeoutInSeconds, 600 s
+            # unless the job says otherwise. A stuck model call is ended
             # WORKER_BACKSTOP_SECONDS later.
-            timeout=e.int("MODEL_SERVER_TIMEOUT", 60, 1, 3600,
+            timeout=e.int("MODEL_SERVER_TIMEOUT", 600 if batch else 60, 1, 3600,
                           aliases=["SAGEMAKER_MODEL_SERVER_TIMEOUT"]),
+            # /ping says 503 once no worker has beaten this long (health.py). A busy worker
+            # beats at least once a second, and a replacement counts after
+            # health.SETTLE_SECONDS: 5 s leaves a margin over both; 10 s also leaves room
+            # for a loaded machine, and still takes a dead instance out of service soon.
+            health_seconds=e.int("MODEL_SERVER_HEALTH_SECONDS", 10, 5, 3600),
             # 16 requests a worker can hold and merge: enough for batches that cost about
             # half as much per text as one text per call (bench/README.md).
             threads=e.int("MODEL_SERVER_THREADS", 16, 1, 256),
             # About a second of en_core_web_sm's work on one core: a request merged with
             # others waits at most about that long for them.
             batch_characters=e.int("MODEL_SERVER_BATCH_CHARACTERS", 100_000, 1, 100_000_000),
+            # A longer text is cut into pieces of at most this many characters (pieces.py),
+            # which is also at most the batch cap, so a piece is one merged call at most,
+            # and far below spaCy's nlp.max_length and the memory a Doc that long needs.
+            chunk_characters=e.int("MODEL_SERVER_CHUNK_CHARACTERS", 100_000, 1_000,
+                                   100_000_000),
+            # The longest text a request may hold (cut into pieces): a long book. Beyond
+            # it, 413 text_too_long; the text is held whole in memory while it runs.
+            max_text_characters=e.int("MODEL_SERVER_MAX_TEXT_CHARACTERS", 10_000_000, 1,
+                                      1_000_000_000),
             default_accept=e.choice("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "application/json",
                                     ACCEPTS),
-            # 6 MB is the real-time endpoint limit; batch transform sets this variable itself,
-            # to 0 for a job whose MaxPayloadInMB is 0 (no limit).
-            max_payload_mb=e.int("SAGEMAKER_MAX_PAYLOAD_IN_MB", 6, 0, 1024),
+            # 6 MB is the real-time endpoint limit. A transform job sets this variable to its
+            # MaxPayloadInMB (0: no limit); a job that leaves it to /execution-parameters
+            # may send up to 100 MB, the most SageMaker sends. Async inference (up to 1 GB)
+            # needs it set in the model's Environment.
+            max_payload_mb=e.int("SAGEMAKER_MAX_PAYLOAD_IN_MB", 100 if batch else 6, 0,
+                                 1024),
             spacy_model=e.text("SPACY_MODEL"),
             model_dir=e.text("SM_MODEL_DIR", "/opt/ml/model"),
             # The image sets this to its baked pipeline's folder; on a host, the package.
