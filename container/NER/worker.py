@@ -13,6 +13,7 @@ import time
 
 from gunicorn.workers.gthread import ThreadWorker
 
+import health
 import recycle
 
 # Long enough for an idle worker's main thread to wake and accept; short against one
@@ -26,6 +27,12 @@ class MergingThreadWorker(ThreadWorker):
         if self.wsgi.extensions["batcher"].busy:
             time.sleep(ACCEPT_DEFER_SECONDS)
         super().accept(listener)  # EAGAIN when another worker took the connection: fine
+
+    def notify(self):
+        # gthread calls this from its main loop at least once a second, busy or not: the
+        # heartbeat /ping follows (health.py), beside gunicorn's own one for --timeout.
+        super().notify()
+        health.beat()
 
     def run(self):
         recycle.watch(self)  # replaced once its memory has grown (MODEL_SERVER_RECYCLE_MB)
