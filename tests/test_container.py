@@ -9,6 +9,7 @@ others start their own because they change how the container runs.
 import json
 import os
 import re
+import signal
 import subprocess
 import tarfile
 import threading
@@ -19,7 +20,8 @@ import pytest
 import requests
 import spacy
 
-from bad_requests import check_over_http, each_bad_request, send_every_bad_request
+from bad_requests import (LARGE_HEADERS, check_error, check_over_http, each_bad_request,
+                          send_every_bad_request)
 from conftest import TRAIN, free_port, in_ci
 from harness import servers
 from samples import APPLE, APPLE_ENTITIES, batch_of
@@ -129,6 +131,110 @@ def test_no_bad_request_left_a_traceback_in_the_container_log(served):
     send_every_bad_request(served.url)
     assert served.invoke({"text": APPLE}).json() == {"entities": APPLE_ENTITIES}
     assert "Traceback" not in served.logs()
+
+
+def test_headers_larger_than_sagemaker_sends_reach_the_model(served):
+    response = requests.post(f"{served.url}/invocations", json={"text": APPLE},
+                             headers=LARGE_HEADERS, timeout=30)
+    assert response.status_code == 200, response.text[:300]
+    assert response.json() == {"entities": APPLE_ENTITIES}
+
+
+# Run inside the container (its own python): for each gunicorn process, its pid, whether
+# it is a worker (its parent is gunicorn too) and the CPU ticks it has used; with a signal
+# number as argument, sends it to every gunicorn process (or only the workers).
+GUNICORN = """
+import os, sys
+def argv(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\\0")[1:3]
+    except OSError:
+        return []
+for pid in sorted(p for p in os.listdir("/proc") if p.isdigit()):
+    if argv(pid) != [b"-m", b"gunicorn"]:
+        continue
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read().rsplit(")", 1)[1].split()
+    worker = argv(stat[1]) == [b"-m", b"gunicorn"]
+    if len(sys.argv) > 1 and (worker or sys.argv[2] == "all"):
+        os.kill(int(pid), int(sys.argv[1]))
+    print(pid, int(worker), int(stat[11]) + int(stat[12]))
+"""
+
+
+def gunicorn_processes(container, signum=None, which="all"):
+    """[(pid, is a worker, CPU ticks)] of gunicorn in the container; signals them first."""
+    args = [] if signum is None else [str(int(signum)), which]
+    out = container.exec("python", "-c", GUNICORN, *args)
+    return [tuple(int(x) for x in line.split()) for line in out.splitlines()]
+
+
+def poll_ping(container, until, timeout):
+    """Ask /ping every 0.1 s until it answers `until` or timeout seconds pass; the
+    statuses seen."""
+    deadline = time.monotonic() + timeout
+    statuses = []
+    while time.monotonic() < deadline:
+        statuses.append(requests.get(f"{container.url}/ping", timeout=2).status_code)
+        if statuses[-1] == until:
+            break
+        time.sleep(0.1)
+    return statuses
+
+
+def test_ping_says_503_once_every_gunicorn_process_is_stopped_and_200_once_resumed(
+        start_container):
+    """MODEL_SERVER_HEALTH_SECONDS at its default of 10 s, as the README documents: 503
+    within that and serve's half-second reading of the heartbeats."""
+    container = start_container()
+    stopped = gunicorn_processes(container, signal.SIGSTOP)
+    assert len(stopped) == 1 + len([p for p in stopped if p[1]]) >= 2, stopped
+    try:
+        t0 = time.monotonic()
+        statuses = poll_ping(container, 503, timeout=10 + 1.5)
+        assert statuses[-1] == 503, f"/ping kept saying {statuses[-1]} with gunicorn stopped"
+        # Not long before the window: a worker's last beat came a second or so before.
+        assert time.monotonic() - t0 >= 10 - 2
+        invocation = requests.Session()
+        with pytest.raises(requests.Timeout):  # what SageMaker's clients would meet
+            invocation.post(f"{container.url}/invocations", json={"text": APPLE}, timeout=1)
+    finally:
+        gunicorn_processes(container, signal.SIGCONT)
+    statuses = poll_ping(container, 200, timeout=3)
+    assert statuses[-1] == 200, "/ping did not come back once gunicorn resumed"
+    assert container.invoke({"text": APPLE}).json() == {"entities": APPLE_ENTITIES}
+    assert "no worker has been able to answer for 10 s" in container.logs()
+
+
+def test_a_worker_killed_while_holding_a_request_answers_502_worker_died(start_container):
+    container = start_container(run_args=("-e", "MODEL_SERVER_WORKERS=1"))
+    [(worker, _, idle_ticks)] = [p for p in gunicorn_processes(container) if p[1]]
+    result = {}
+    client = threading.Thread(target=lambda: result.update(
+        response=container.invoke(LONG_BATCH, timeout=60)))
+    client.start()
+    # The request is in the worker once the worker spends CPU on it: half a second of it.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        ticks = {p[0]: p[2] for p in gunicorn_processes(container)}[worker]
+        if ticks - idle_ticks >= 50:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the worker never started on the request")
+    gunicorn_processes(container, signal.SIGKILL, which="workers")
+    client.join(timeout=30)
+    assert "response" in result, "the request got no answer"
+    response = result["response"]
+    check_error(response.status_code, response.headers, response.content, 502, "worker_died")
+    assert "container log" in response.json()["error"]["message"]
+    # gunicorn starts a new worker; the container goes on serving.
+    deadline = time.monotonic() + 30
+    while container.invoke({"text": APPLE}).status_code != 200:
+        assert time.monotonic() < deadline, "no new worker answered"
+        time.sleep(0.2)
+    assert container.invoke({"text": APPLE}).json() == {"entities": APPLE_ENTITIES}
 
 
 def test_docker_run_without_a_command_serves_too(start_container):

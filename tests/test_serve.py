@@ -5,6 +5,7 @@ workers, SAGEMAKER_BIND_TO_PORT, and a model unpacked into /opt/ml/model.
 """
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -17,8 +18,8 @@ import psutil
 import pytest
 import requests
 
-from bad_requests import (check_error, check_over_http, each_bad_request,
-                          send_every_bad_request)
+from bad_requests import (LARGE_HEADERS, LONG_QUERY, check_error, check_over_http,
+                          each_bad_request, send_every_bad_request)
 from conftest import PROGRAM_DIR, free_port, serve_env, start_host_server
 from samples import APPLE, APPLE_ENTITIES, batch_of
 
@@ -110,14 +111,46 @@ def test_after_every_bad_request_the_same_workers_still_answer(server):
 
 
 def test_nginx_answers_its_own_errors_in_json_too(server):
-    check_over_http(server.url, "GET", "/invocations?" + "x" * 20_000, {}, b"", 414,
-                    "uri_too_long")
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
         s.sendall(b"NOT HTTP AT ALL\r\n\r\n")
         answer = s.recv(4096).decode()
     assert answer.startswith("HTTP/1.1 400") and '"code":"bad_request"' in answer, answer
     response = requests.post(f"{server.url}/ping", timeout=2)
     assert response.status_code == 405 and response.headers["Allow"] == "GET"
+
+
+def test_headers_larger_than_sagemaker_sends_reach_the_app(server):
+    """Big headers, many headers and a long request line that nginx accepts must not meet
+    gunicorn's smaller default limits (and its HTML page) behind it."""
+    response = requests.post(f"{server.url}/invocations{LONG_QUERY}", json={"text": APPLE},
+                             headers=LARGE_HEADERS, timeout=30)
+    assert response.status_code == 200, response.text[:300]
+    assert response.json() == {"entities": APPLE_ENTITIES}
+    attributes = LARGE_HEADERS["X-Amzn-SageMaker-Custom-Attributes"]
+    assert response.headers["X-Amzn-SageMaker-Custom-Attributes"] == attributes
+
+
+def nginx_run_dir(server):
+    """serve's run folder, where nginx keeps its temporary files (its -p argument)."""
+    nginx = [p for p in psutil.Process(server.proc.pid).children() if p.name() == "nginx"]
+    argv = nginx[0].cmdline()
+    return argv[argv.index("-p") + 1]
+
+
+def test_nginx_s_own_500_is_json(server):
+    """A body over client_body_buffer_size goes to a temporary file; when nginx cannot
+    write it, nginx itself answers 500."""
+    body_dir = os.path.join(nginx_run_dir(server), "client_body")
+    mode = os.stat(body_dir).st_mode
+    os.chmod(body_dir, 0)
+    try:
+        response = invoke(server, {"texts": [" " * (2 * 1024 * 1024), APPLE]})
+    finally:
+        os.chmod(body_dir, mode)
+    check_error(response.status_code, response.headers, response.content, 500,
+                "internal_error")
+    assert response.json()["error"]["message"].startswith("nginx could not")  # not the app
+    assert invoke(server, {"text": APPLE}).json() == {"entities": APPLE_ENTITIES}
 
 
 def test_a_second_server_on_a_taken_port_fails_instead_of_sharing_it(server, tmp_path):
@@ -169,6 +202,132 @@ def test_ping_stays_fast_while_every_worker_is_busy(server):
     # A ping that queued behind the model would wait seconds; nginx answers in ms. The
     # bound is loose on purpose: the benchmark measures the real figure.
     assert max(waits) < 1.0, waits
+
+
+# The shortest window MODEL_SERVER_HEALTH_SECONDS allows: the tests below wait for it.
+HEALTH_SECONDS = 5
+# serve reads the heartbeats every 0.5 s; a worker beats at least once a second.
+HEALTH_SLACK = 1.5
+
+
+def gunicorn_processes(server):
+    """The gunicorn master and its workers."""
+    master, workers = gunicorn_workers(server)
+    return [psutil.Process(pid) for pid in (master, *workers)]
+
+
+def ping_statuses_until(server, deadline, stop=lambda status: False):
+    """The status of every /ping until deadline (a monotonic time), or until stop(status)."""
+    statuses = []
+    while time.monotonic() < deadline:
+        statuses.append(requests.get(f"{server.url}/ping", timeout=2).status_code)
+        if stop(statuses[-1]):
+            break
+        time.sleep(0.1)
+    return statuses
+
+
+def test_ping_says_503_while_every_gunicorn_process_is_stopped_and_200_once_resumed(
+        start_server):
+    server = start_server(MODEL_SERVER_HEALTH_SECONDS=HEALTH_SECONDS)
+    processes = gunicorn_processes(server)
+    for p in processes:
+        p.send_signal(signal.SIGSTOP)
+    try:
+        stopped = time.monotonic()
+        statuses = ping_statuses_until(server, stopped + HEALTH_SECONDS + HEALTH_SLACK,
+                                       stop=lambda status: status == 503)
+        assert statuses[-1] == 503, f"/ping still says {statuses[-1]} with every worker stopped"
+        # Not long before the window: a worker's last beat came a second or so before.
+        assert time.monotonic() - stopped >= HEALTH_SECONDS - 2
+        response = requests.get(f"{server.url}/ping", timeout=2)
+        check_error(response.status_code, response.headers, response.content, 503,
+                    "no_worker")
+    finally:
+        for p in processes:
+            p.send_signal(signal.SIGCONT)
+    resumed = time.monotonic()
+    statuses = ping_statuses_until(server, resumed + HEALTH_SLACK + 1,
+                                   stop=lambda status: status == 200)
+    assert statuses[-1] == 200, "/ping did not come back once the workers resumed"
+    assert invoke(server, {"text": APPLE}).json() == {"entities": APPLE_ENTITIES}
+    logs = server.logs()
+    assert logs.count("/ping answers 503") == 1 and logs.count("answers again") == 1, logs
+
+
+def test_a_worker_busy_for_longer_than_the_health_window_keeps_ping_at_200(start_server):
+    """Busy is not dead: both workers run one long nlp.pipe call each, for longer than
+    MODEL_SERVER_HEALTH_SECONDS, while /ping is asked ten times a second."""
+    # A loaded machine may take minutes; a 504 would end the busy time early.
+    server = start_server(MODEL_SERVER_HEALTH_SECONDS=HEALTH_SECONDS, MODEL_SERVER_TIMEOUT=600)
+    # A request over MODEL_SERVER_BATCH_CHARACTERS runs alone in one call, never split.
+    batch = batch_of(4000)
+    answers = []
+    busy = [threading.Thread(target=lambda: answers.append(invoke(server, batch, timeout=600)))
+            for _ in range(2)]
+    started = time.monotonic()
+    for t in busy:
+        t.start()
+    statuses = []
+    while any(t.is_alive() for t in busy):
+        statuses.append(requests.get(f"{server.url}/ping", timeout=2).status_code)
+        time.sleep(0.1)
+    busy_for = time.monotonic() - started
+    for t in busy:
+        t.join()
+    assert [r.status_code for r in answers] == [200, 200]
+    assert busy_for > HEALTH_SECONDS + HEALTH_SLACK, f"busy for only {busy_for:.1f} s"
+    assert set(statuses) == {200}, statuses
+    assert "/ping answers 503" not in server.logs()
+
+
+def test_replacing_the_only_worker_does_not_make_ping_503(start_server):
+    server = start_server(MODEL_SERVER_WORKERS=1, MODEL_SERVER_HEALTH_SECONDS=HEALTH_SECONDS)
+    _, [worker] = gunicorn_workers(server)
+    psutil.Process(worker).send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    statuses = ping_statuses_until(server, killed + HEALTH_SECONDS + HEALTH_SLACK + 1,
+                                   stop=lambda status: status != 200)
+    assert set(statuses) == {200}, statuses
+    _, workers = gunicorn_workers(server)
+    assert len(workers) == 1 and workers != [worker]
+    assert invoke(server, {"text": APPLE}).json() == {"entities": APPLE_ENTITIES}
+
+
+def test_a_crash_looping_worker_makes_ping_503(start_server):
+    """Every new worker is killed as soon as it appears, as the OOM killer would under
+    traffic: a worker that lives only a moment does not count as able."""
+    server = start_server(MODEL_SERVER_WORKERS=1, MODEL_SERVER_HEALTH_SECONDS=HEALTH_SECONDS)
+    master = psutil.Process(gunicorn_workers(server)[0])
+    looping = threading.Event()
+    looping.set()
+    killed = []
+
+    def kill_every_worker():
+        while looping.is_set():
+            for worker in master.children():
+                try:
+                    worker.send_signal(signal.SIGKILL)
+                    killed.append(worker.pid)
+                except psutil.NoSuchProcess:
+                    pass
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_every_worker)
+    killer.start()
+    try:
+        started = time.monotonic()
+        statuses = ping_statuses_until(server, started + HEALTH_SECONDS + HEALTH_SLACK + 1,
+                                       stop=lambda status: status == 503)
+    finally:
+        looping.clear()
+        killer.join()
+    assert statuses[-1] == 503, f"/ping says {statuses[-1]} while workers crash-loop"
+    assert len(set(killed)) > 3, "gunicorn did not restart the killed workers"
+    statuses = ping_statuses_until(server, time.monotonic() + HEALTH_SLACK + 5,
+                                   stop=lambda status: status == 200)
+    assert statuses[-1] == 200, "/ping did not come back once a worker could live"
+    assert invoke(server, {"text": APPLE}).json() == {"entities": APPLE_ENTITIES}
 
 
 def test_a_killed_worker_is_replaced_and_serving_goes_on(server):
