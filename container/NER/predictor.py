@@ -4,9 +4,11 @@ create_app(nlp, settings) builds it around an already loaded pipeline, so the te
 the host and the image all run this same code. One request path:
 decode -> pieces.split -> batcher.Batcher.predict (nlp.pipe) -> pieces.put_back -> encode.
 A JSON Lines body takes the same path a group of lines at a time (stream.py); a JSON or
-plain-text body is read whole (a real-time endpoint caps it at 6 MB).
+plain-text body is read whole (a real-time endpoint caps it at 6 MB). A request of several
+groups runs them on every worker at once (fanout.py).
 """
 
+import collections
 import itertools
 import logging
 import math
@@ -20,6 +22,7 @@ import encode
 import pieces
 import stream
 from batcher import Batcher
+from fanout import PART_HEADER, Fanout
 from model import characters_per_second, work
 from protocol import JSON, JSONLINES_ALIASES, ApiError, dumps, error_body
 
@@ -54,6 +57,19 @@ def suggested_payload_mb(rate, settings):
     return max(1, min(mb, cap))
 
 
+def _groups(texts, max_characters):
+    """Consecutive texts in lists of up to max_characters (a longer text alone)."""
+    group, characters = [], 0
+    for text in texts:
+        if group and characters + len(text) > max_characters:
+            yield group
+            group, characters = [], 0
+        group.append(text)
+        characters += len(text)
+    if group:
+        yield group
+
+
 def create_app(nlp, settings):
     """The app around a loaded pipeline, with the one Batcher its requests share."""
     app = Flask(__name__)
@@ -62,6 +78,8 @@ def create_app(nlp, settings):
     batcher = Batcher(nlp, settings.batch_characters, settings.timeout, settings.stuck_seconds)
     # worker.py reads it (is the model busy?), and so do the tests.
     app.extensions["batcher"] = batcher
+    fanout = Fanout(settings.workers, settings.threads)
+    app.extensions["fanout"] = fanout  # worker.py hands it gunicorn's socket
     # Characters a second one worker runs: measured once, here, in gunicorn's master.
     rate = characters_per_second(nlp)
     app.extensions["characters_per_second"] = rate
@@ -69,9 +87,14 @@ def create_app(nlp, settings):
     log.info("one worker runs about %.0f characters a second; /execution-parameters "
              "suggests MaxPayloadInMB=%d", rate, suggested_payload_mb(rate, settings))
 
-    def entities(texts):
-        """Entity records per text, a long text cut into pieces and put back together."""
+    def entities(texts, share=True):
+        """Entity records per text, a long text cut into pieces and put back together;
+        pieces of more than one merged call's characters go to every worker (share)."""
         parts, plan = pieces.split(texts, chunk)
+        if share and sum(len(p) for p in parts) > settings.batch_characters:
+            groups = fanout.run(_groups(parts, settings.batch_characters), batcher.predict,
+                                settings.stuck_seconds)
+            return pieces.put_back([r for records in groups for r in records], plan)
         return pieces.put_back(batcher.predict(parts), plan)
 
     def check_time(characters):
@@ -108,43 +131,55 @@ def create_app(nlp, settings):
         answer_type = encode.negotiate(request.accept_mimetypes, settings.default_accept)
         mimetype = request.mimetype
         decode.check_content_type(mimetype, request.mimetype_params.get("charset"))
+        # A part of another worker's request runs here, in this worker (fanout.py).
+        share = PART_HEADER not in request.headers
         if mimetype in JSONLINES_ALIASES:
-            return _stream(request.stream, answer_type, started)
+            return _stream(request.stream, answer_type, started, share)
         texts, shape = decode.decode(request.get_data(cache=False), mimetype,
                                      settings.max_text_characters)
         check_time(sum(work(t) for t in texts))
-        body, content_type = encode.encode(texts, entities(texts), shape, answer_type)
+        body, content_type = encode.encode(texts, entities(texts, share), shape, answer_type)
         return Response(body, status=200, content_type=content_type)
 
-    def _stream(body_stream, answer_type, started):
-        """A JSON Lines body, answered a group of lines at a time (stream.py). The first
-        group runs before the answer begins, so that what fails on it (and so on any
-        body of one group) still gets its JSON error and status."""
+    def _stream(body_stream, answer_type, started, share):
+        """A JSON Lines body, answered a group of lines at a time (stream.py), the groups
+        on every worker (fanout.py). The first group is answered before the answer
+        begins, so that what fails on it (and so on any body of one group) still gets
+        its JSON error and status."""
         body = stream.read(body_stream, settings.max_text_characters)
-        try:
-            check_time(body.work)
-            groups = body.groups(settings.batch_characters)
-            first = [(texts, entities(texts), shape) for texts, shape in
-                     itertools.islice(groups, 1)]
-        except BaseException:
-            body.close()
-            raise
         deadline = started + settings.timeout
+        shapes = collections.deque()
+
+        def texts_of_groups():
+            for texts, shape in body.groups(settings.batch_characters):
+                if time.monotonic() > deadline:
+                    # The answer has begun: no status can say so any more. Ending the
+                    # connection without the last chunk tells the client it is cut.
+                    raise TimeoutError(f"a JSON Lines request of {body.lines} lines ran "
+                                       f"past MODEL_SERVER_TIMEOUT={settings.timeout}")
+                shapes.append((texts, shape))
+                yield texts
 
         def answers():
             try:
-                yield from first
-                for texts, shape in groups:
-                    if time.monotonic() > deadline:
-                        # The answer has begun: no status can say so any more. Ending the
-                        # connection without the last chunk tells the client it is cut.
-                        raise TimeoutError(f"a JSON Lines request of {body.lines} lines ran "
-                                           f"past MODEL_SERVER_TIMEOUT={settings.timeout}")
-                    yield texts, entities(texts), shape
+                local = lambda texts: entities(texts, share=False)  # noqa: E731
+                groups = (fanout.run(texts_of_groups(), local, settings.stuck_seconds)
+                          if share else map(local, texts_of_groups()))
+                for records in groups:
+                    texts, shape = shapes.popleft()
+                    yield texts, records, shape
             finally:
                 body.close()
 
-        return Response(encode.encode_pieces(answers(), answer_type), status=200,
+        try:
+            check_time(body.work)
+            answered = answers()
+            first = list(itertools.islice(answered, 1))
+        except BaseException:
+            body.close()
+            raise
+        return Response(encode.encode_pieces(itertools.chain(first, answered), answer_type),
+                        status=200,
                         content_type=encode.content_type(answer_type),
                         headers={"X-Accel-Buffering": "no"})
 

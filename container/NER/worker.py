@@ -28,6 +28,12 @@ class MergingThreadWorker(ThreadWorker):
             time.sleep(ACCEPT_DEFER_SECONDS)
         super().accept(listener)  # EAGAIN when another worker took the connection: fine
 
+    def load_wsgi(self):
+        super().load_wsgi()
+        # Where a coordinator sends the parts of a large request (fanout.py): gunicorn's
+        # own socket, which every worker accepts from.
+        self.wsgi.extensions["fanout"].socket_path = self.sockets[0].cfg_addr
+
     def notify(self):
         # gthread calls this from its main loop at least once a second, busy or not: the
         # heartbeat /ping follows (health.py), beside gunicorn's own one for --timeout.

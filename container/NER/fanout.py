@@ -1,0 +1,129 @@
+"""One large request on every worker: its groups of texts go to all of them at once.
+
+A request is one worker's: gunicorn hands the connection to one process, and that
+process runs one model call at a time, on one core. That is right for many small
+requests, which spread over the workers by themselves. But a transform job in the
+SageMaker SDK's local mode sends one request at a time, an async endpoint may hold one
+1 GB request per instance, and one long document is one request: each would leave every
+other core idle.
+
+So the worker that holds a request of several groups (stream.py's lines, or a long text's
+pieces) becomes its coordinator: it sends each group to gunicorn's own socket as a part
+request (PART_HEADER, never fanned out again), up to one per worker at a time, and puts
+the answers back in order. gunicorn gives each part to whichever worker accepts it first,
+an idle one before a busy one (worker.py), and there it merges with that worker's other
+requests like any request (batcher.py). A part is a short JSON Lines body of texts; its
+cost beside the model's is a JSON round trip.
+
+A coordinator holds a thread while its parts hold others. So that parts always find a
+thread, a worker with T threads, of W workers, runs at most T / (W + 1) coordinators:
+with W parts each in flight, they hold at most as many connections as all the workers
+have threads, and every other request ends without waiting on anyone. A request that
+finds no coordinator's place free runs its groups in its own worker, as it would with one
+worker (and as the Flask app does where there is no gunicorn socket: the tests).
+"""
+
+import collections
+import http.client
+import json
+import socket
+import threading
+
+from protocol import JSONLINES, ApiError, dumps
+
+# Marks a request one coordinator sent: it runs where it lands.
+PART_HEADER = "X-Ner-Part"
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path, timeout):
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+class Fanout:
+    def __init__(self, workers, threads):
+        self.workers = workers
+        self.socket_path = None  # worker.py sets it in each gunicorn worker
+        self._places = threading.BoundedSemaphore(max(1, threads // (workers + 1)))
+
+    def run(self, groups, local, timeout):
+        """Records per group of texts, in order: on every worker where there are several
+        and groups to share, else `local` (texts -> records) here. groups: an iterator of
+        lists of texts."""
+        groups = iter(groups)
+        if self.workers < 2 or not self.socket_path:
+            yield from map(local, groups)
+            return
+        first = next(groups, None)
+        if first is None:
+            return
+        second = next(groups, None)
+        if second is None or not self._places.acquire(blocking=False):
+            yield from map(local, _chain(first, second, groups))
+            return
+        try:
+            yield from self._share(_chain(first, second, groups), timeout)
+        finally:
+            self._places.release()
+
+    def _share(self, groups, timeout):
+        """Keep one part per worker in flight; answer them in order."""
+        # A request that ends early leaves its parts to finish alone: daemon threads that
+        # end with their connections, whose answers no one reads.
+        pending = collections.deque()
+        for texts in groups:
+            pending.append(_Part(self.socket_path, texts, timeout))
+            if len(pending) == self.workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+class _Part(threading.Thread):
+    """One group of texts sent to gunicorn's socket, answered on a thread of its own."""
+
+    def __init__(self, socket_path, texts, timeout):
+        super().__init__(name="part", daemon=True)
+        self.socket_path, self.texts, self.timeout = socket_path, texts, timeout
+        self.records = self.error = None
+        self.start()
+
+    def run(self):
+        try:
+            conn = _UnixConnection(self.socket_path, self.timeout)
+            body = "".join(dumps(t) + "\n" for t in self.texts).encode("utf-8")
+            conn.request("POST", "/invocations", body=body, headers={
+                "Content-Type": JSONLINES, "Accept": JSONLINES, PART_HEADER: "1"})
+            response = conn.getresponse()
+            answer = response.read()
+            conn.close()
+            if response.status != 200:
+                error = json.loads(answer).get("error", {})
+                self.error = ApiError(response.status, error.get("code", "part_failed"),
+                                      error.get("message", "a part of the request failed"))
+            else:
+                self.records = [json.loads(line)["entities"] for line in answer.splitlines()]
+        except Exception as e:  # noqa: BLE001 (carried to the coordinator, which raises it)
+            self.error = e
+
+    def result(self):
+        self.join()
+        if self.error is not None:
+            raise self.error
+        if len(self.records) != len(self.texts):
+            raise RuntimeError(f"a part of {len(self.texts)} texts got {len(self.records)} "
+                               "answers")
+        return self.records
+
+
+def _chain(first, second, rest):
+    yield first
+    if second is not None:
+        yield second
+    yield from rest
