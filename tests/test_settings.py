@@ -25,14 +25,16 @@ def test_defaults_match_sagemakers_contract():
 def test_every_setting_is_read():
     s = Settings.from_env({
         "SAGEMAKER_BIND_TO_PORT": "9000", "MODEL_SERVER_WORKERS": "3",
-        "MODEL_SERVER_TIMEOUT": "30", "MODEL_SERVER_THREADS": "4",
+        "MODEL_SERVER_TIMEOUT": "30", "MODEL_SERVER_HEALTH_SECONDS": "20",
+        "MODEL_SERVER_THREADS": "4",
         "MODEL_SERVER_BATCH_CHARACTERS": "5000",
         "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "text/html",
         "SAGEMAKER_MAX_PAYLOAD_IN_MB": "4", "SPACY_MODEL": "my_model", "SM_MODEL_DIR": "/models",
         "SPACY_DEFAULT_MODEL": "/baked", "SPACY_FULL_PIPELINE": "yes", "LOG_LEVEL": "debug",
         "MODEL_SERVER_RECYCLE_MB": "64"},
         cpus=one_cpu)
-    assert s == Settings(port=9000, workers=3, timeout=30, threads=4, batch_characters=5000,
+    assert s == Settings(port=9000, workers=3, timeout=30, health_seconds=20, threads=4,
+                         batch_characters=5000,
                          default_accept="text/html", max_payload_mb=4, spacy_model="my_model",
                          model_dir="/models", default_model="/baked", full_pipeline=True,
                          log_level="DEBUG", recycle_mb=64)
@@ -67,6 +69,8 @@ def test_the_default_accept_is_one_the_server_can_answer(value, answer):
     ("SAGEMAKER_MODEL_SERVER_WORKERS", "many", "not a whole number"),
     ("MODEL_SERVER_TIMEOUT", "1.5", "not a whole number"),
     ("MODEL_SERVER_TIMEOUT", "3601", "outside 1..3600"),
+    # Under 5 s a worker being replaced could make /ping say 503 (health.py).
+    ("MODEL_SERVER_HEALTH_SECONDS", "4", "outside 5..3600"),
     ("MODEL_SERVER_THREADS", "0", "outside 1..256"),
     ("MODEL_SERVER_BATCH_CHARACTERS", "0", "outside 1..100000000"),
     ("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "application/xml", "is not one of"),
