@@ -4,6 +4,8 @@ These drive what SageMaker drives: /ping, /invocations through nginx, SIGTERM, d
 workers, SAGEMAKER_BIND_TO_PORT, and a model unpacked into /opt/ml/model.
 """
 
+import importlib.machinery
+import importlib.util
 import json
 import os
 import shutil
@@ -128,6 +130,21 @@ def test_headers_larger_than_sagemaker_sends_reach_the_app(server):
     assert response.json() == {"entities": APPLE_ENTITIES}
     attributes = LARGE_HEADERS["X-Amzn-SageMaker-Custom-Attributes"]
     assert response.headers["X-Amzn-SageMaker-Custom-Attributes"] == attributes
+
+
+def test_nginx_waits_for_a_worker_no_longer_than_model_server_timeout_at_any_step(tmp_path):
+    """Connecting to gunicorn, sending it the body and reading its answer: each is bounded
+    by MODEL_SERVER_TIMEOUT, not by nginx's default of 60 s."""
+    loader = importlib.machinery.SourceFileLoader("serve", str(PROGRAM_DIR / "serve"))
+    serve = importlib.util.module_from_spec(importlib.util.spec_from_loader("serve", loader))
+    loader.exec_module(serve)
+    settings = serve.Settings.from_env({"MODEL_SERVER_TIMEOUT": "123"}, cpus=lambda: 1)
+    conf = open(serve.render_nginx_conf(settings, str(tmp_path))).read()
+    for directive in ("proxy_connect_timeout", "proxy_send_timeout", "proxy_read_timeout"):
+        assert conf.count(f"{directive} ") == 1 and f"{directive} 123s;" in conf, directive
+    checked = subprocess.run([serve.find_nginx(), "-t", "-e", "stderr", "-p", str(tmp_path),
+                              "-c", str(tmp_path / "nginx.conf")], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
 
 
 def nginx_run_dir(server):
