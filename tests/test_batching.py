@@ -41,10 +41,11 @@ def novel_words(n, seed):
 
 @pytest.fixture(scope="module")
 def misbehaving_model(tiny_model, tmp_path_factory):
-    """The tiny NER pipeline plus test_raise, test_stall, test_hold, test_exit and
-    test_count."""
+    """The tiny NER pipeline plus test_raise, test_stall, test_hold, test_sleep,
+    test_exit and test_count."""
     nlp = spacy.load(tiny_model)
-    for name in ("test_raise", "test_stall", "test_hold", "test_exit", "test_count"):
+    for name in ("test_raise", "test_stall", "test_hold", "test_sleep", "test_exit",
+                 "test_count"):
         nlp.add_pipe(name)
     path = tmp_path_factory.mktemp("models") / "misbehaving"
     nlp.to_disk(path)
@@ -303,6 +304,22 @@ def worker_pids(server):
     gunicorn = [p for p in psutil.Process(server.proc.pid).children()
                 if "gunicorn" in " ".join(p.cmdline())]
     return sorted(p.pid for p in gunicorn[0].children())
+
+
+def test_a_request_over_the_timeout_gets_a_json_504_and_the_worker_survives(
+        serve_with_plugins):
+    """A short text that takes the model 3 s (test_sleep): nothing could have told in
+    advance, so nginx answers 504 at MODEL_SERVER_TIMEOUT; the worker lives on."""
+    server = serve_with_plugins(MODEL_SERVER_TIMEOUT=1, MODEL_SERVER_WORKERS=1)
+    before = worker_pids(server)
+    response = requests.post(f"{server.url}/invocations", json={"text": "SLEEP Alice"},
+                             timeout=30)
+    check_error(response.status_code, response.headers, response.content, 504,
+                "model_timeout")
+    # Once the worker is done with the abandoned request, it serves the next one.
+    answer = requests.post(f"{server.url}/invocations", json={"text": TEXTS[0]}, timeout=30)
+    assert answer.status_code == 200 and answer.json()["entities"]
+    assert worker_pids(server) == before
 
 
 def test_serve_merges_concurrent_requests_and_keeps_the_vocabulary_flat(serve_with_plugins):

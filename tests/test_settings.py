@@ -27,17 +27,30 @@ def test_every_setting_is_read():
         "SAGEMAKER_BIND_TO_PORT": "9000", "MODEL_SERVER_WORKERS": "3",
         "MODEL_SERVER_TIMEOUT": "30", "MODEL_SERVER_HEALTH_SECONDS": "20",
         "MODEL_SERVER_THREADS": "4",
-        "MODEL_SERVER_BATCH_CHARACTERS": "5000",
+        "MODEL_SERVER_BATCH_CHARACTERS": "5000", "SAGEMAKER_BATCH": "true",
+        "MODEL_SERVER_CHUNK_CHARACTERS": "2000", "MODEL_SERVER_MAX_TEXT_CHARACTERS": "9000",
         "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "text/html",
         "SAGEMAKER_MAX_PAYLOAD_IN_MB": "4", "SPACY_MODEL": "my_model", "SM_MODEL_DIR": "/models",
         "SPACY_DEFAULT_MODEL": "/baked", "SPACY_FULL_PIPELINE": "yes", "LOG_LEVEL": "debug",
         "MODEL_SERVER_RECYCLE_MB": "64"},
         cpus=one_cpu)
-    assert s == Settings(port=9000, workers=3, timeout=30, health_seconds=20, threads=4,
-                         batch_characters=5000,
+    assert s == Settings(port=9000, workers=3, batch=True, timeout=30, health_seconds=20,
+                         threads=4, batch_characters=5000, chunk_characters=2000,
+                         max_text_characters=9000,
                          default_accept="text/html", max_payload_mb=4, spacy_model="my_model",
                          model_dir="/models", default_model="/baked", full_pipeline=True,
                          log_level="DEBUG", recycle_mb=64)
+
+
+@pytest.mark.parametrize("env,timeout,payload", [
+    ({}, 60, 6),  # a real-time endpoint: 60 s, 6 MB
+    ({"SAGEMAKER_BATCH": "true"}, 600, 100),  # a transform job: its client's 600 s, 100 MB
+    ({"SAGEMAKER_BATCH": "true", "MODEL_SERVER_TIMEOUT": "3600",
+      "SAGEMAKER_MAX_PAYLOAD_IN_MB": "0"}, 3600, 0),  # what the user sets wins
+])
+def test_a_transform_job_gets_the_transform_clients_timeout_and_payload(env, timeout, payload):
+    s = Settings.from_env(env, cpus=one_cpu)
+    assert (s.timeout, s.max_payload_mb) == (timeout, payload)
 
 
 @pytest.mark.parametrize("alias,name,field", [

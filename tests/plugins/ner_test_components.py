@@ -13,6 +13,7 @@ texts normally:
   as a test needs to queue requests behind it);
 - test_count: counts the nlp.pipe calls that reach it (one per call: spaCy calls a
   component's pipe() once per nlp.pipe);
+- test_sleep: takes 3 s on SLEEP (a short text the model is slow on);
 - test_exit: raises SystemExit, which is no Exception, on EXIT.
 """
 
@@ -73,6 +74,13 @@ class PipeCounter:
 @Language.factory("test_count")
 def make_counter(nlp, name):
     return PipeCounter()
+
+
+@Language.component("test_sleep")
+def sleep_on_marker(doc):
+    if "SLEEP" in doc.text:
+        time.sleep(3)
+    return doc
 
 
 @Language.component("test_exit")
