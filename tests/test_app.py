@@ -318,3 +318,20 @@ def test_jsonlines_records_keep_their_other_fields_beside_the_entities(client):
     assert lines[4]["id"] == 9 and isinstance(lines[4]["entities"], list)  # ours win
     as_json = invoke(client, body, "application/jsonlines").get_json()["results"]
     assert as_json == lines
+
+
+def test_each_invocation_gets_one_log_line_with_its_inference_id(client, caplog):
+    caplog.set_level("INFO", logger="ner.predictor")
+    response = invoke(client, {"texts": [SENTENCE, "Bob moved to Berlin."]},
+                      **{"X-Amzn-SageMaker-Inference-Id": "abc-123"})
+    response.close()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("invocation")]
+    assert len(lines) == 1, lines
+    words = dict(w.split("=", 1) for w in lines[0].split()[1:])
+    assert words["id"] == "abc-123" and words["status"] == "200" and words["part"] == "False"
+    assert (words["texts"], words["characters"]) == ("2", str(len(SENTENCE) + 20))
+    assert 0 <= float(words["wait_ms"]) <= float(words["total_ms"])
+    assert 0 < float(words["model_ms"]) <= float(words["total_ms"])
+    invoke(client, b"{", "application/json").close()
+    bad = [r.getMessage() for r in caplog.records if r.getMessage().startswith("invocation")][-1]
+    assert "id=- part=False status=400 texts=0" in bad

@@ -58,6 +58,21 @@ def entity_records(doc):
             for e in doc.ents]
 
 
+class Timing:
+    """Where one request's time went: seconds waiting for the model, and seconds in the
+    nlp.pipe calls that carried its texts (a merged call counts whole for each request in
+    it: that is how long each waited for its answer)."""
+
+    __slots__ = ("wait", "model")
+
+    def __init__(self):
+        self.wait = self.model = 0.0
+
+    def ran(self, seconds, waited):
+        self.model += seconds
+        self.wait += waited
+
+
 def _timed_out(message):
     return ApiError(504, "model_timeout", message)
 
@@ -65,10 +80,12 @@ def _timed_out(message):
 class _Job:
     """One request's texts, waiting for their entity records (taken a slice at a time)."""
 
-    __slots__ = ("texts", "lengths", "taken", "queued", "records", "error", "done", "wake")
+    __slots__ = ("texts", "lengths", "taken", "queued", "records", "error", "done", "wake",
+                 "timing")
 
-    def __init__(self, texts):
+    def __init__(self, texts, timing):
         self.texts = texts
+        self.timing = timing  # the caller's Timing, or None
         self.lengths = [len(t) for t in texts]
         self.taken = 0  # texts handed to a call so far
         self.queued = time.monotonic()
@@ -109,11 +126,12 @@ class Batcher:
         self._busy_since = None  # monotonic start of the call running now, or None
         self.calls = 0  # merged nlp.pipe calls so far (logged at DEBUG)
 
-    def predict(self, texts):
-        """Entity records per text; raises what the pipeline raised on these texts."""
+    def predict(self, texts, timing=None):
+        """Entity records per text; raises what the pipeline raised on these texts. A
+        Timing, if given, gets the seconds these texts waited for the model and ran."""
         if not texts:
             return []
-        job = _Job(texts)
+        job = _Job(texts, timing)
         with self._lock:
             self._watch_once()
             self._queue.append(job)
@@ -209,11 +227,15 @@ class Batcher:
                                       "for the model"))
         slices = [s for s in slices if not s[0].done]
         if slices:
-            self._busy_since = time.monotonic()
+            self._busy_since = started = time.monotonic()
             try:
                 self._pipe(slices)
             finally:
                 self._busy_since = None
+                ran = time.monotonic() - started
+                for job, first, _ in slices:
+                    if job.timing is not None:
+                        job.timing.ran(ran, waited=started - job.queued if not first else 0)
 
     def _pipe(self, slices):
         """One nlp.pipe call for all slices; on an error, the unanswered ones one by one."""

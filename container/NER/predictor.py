@@ -14,14 +14,14 @@ import logging
 import math
 import time
 
-from flask import Flask, Response, request
+from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 import decode
 import encode
 import pieces
 import stream
-from batcher import Batcher
+from batcher import Batcher, Timing
 from fanout import PART_HEADER, Fanout
 from model import characters_per_second, work
 from protocol import JSON, JSONLINES_ALIASES, ApiError, dumps, error_body
@@ -30,6 +30,8 @@ log = logging.getLogger("ner.predictor")
 
 # SageMaker passes this header through opaquely; echoing it lets clients correlate.
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
+# The id SageMaker gives each invocation; the request's log line carries it.
+INFERENCE_ID = "X-Amzn-SageMaker-Inference-Id"
 # /execution-parameters suggests a MaxPayloadInMB that one worker runs in this share of
 # MODEL_SERVER_TIMEOUT: room for texts slower than the calibration's, and for a worker
 # that shares its core with the requests merged beside the mini-batch.
@@ -55,6 +57,19 @@ def suggested_payload_mb(rate, settings):
     if settings.max_payload_mb:
         cap = min(cap, settings.max_payload_mb)
     return max(1, min(mb, cap))
+
+
+class _Invocation:
+    """What one /invocations request's log line says of it."""
+
+    def __init__(self):
+        self.started = time.monotonic()
+        self.timing = Timing()
+        self.texts = self.characters = 0
+
+    def count(self, texts):
+        self.texts += len(texts)
+        self.characters += sum(len(t) for t in texts)
 
 
 def _groups(texts, max_characters):
@@ -87,7 +102,7 @@ def create_app(nlp, settings):
     log.info("one worker runs about %.0f characters a second; /execution-parameters "
              "suggests MaxPayloadInMB=%d", rate, suggested_payload_mb(rate, settings))
 
-    def entities(texts, share=True):
+    def entities(texts, invocation, share=True):
         """Entity records per text, a long text cut into pieces and put back together;
         pieces of more than one merged call's characters go to every worker (share)."""
         parts, plan = pieces.split(texts, chunk)
@@ -95,7 +110,7 @@ def create_app(nlp, settings):
             groups = fanout.run(_groups(parts, settings.batch_characters), batcher.predict,
                                 settings.stuck_seconds)
             return pieces.put_back([r for records in groups for r in records], plan)
-        return pieces.put_back(batcher.predict(parts), plan)
+        return pieces.put_back(batcher.predict(parts, invocation.timing), plan)
 
     def check_time(characters):
         """ApiError (413) for a request of that many characters (model.work) that one
@@ -127,27 +142,29 @@ def create_app(nlp, settings):
 
     @app.post("/invocations")
     def invocations():
-        started = time.monotonic()
+        invocation = g.invocation = _Invocation()
         answer_type = encode.negotiate(request.accept_mimetypes, settings.default_accept)
         mimetype = request.mimetype
         decode.check_content_type(mimetype, request.mimetype_params.get("charset"))
         # A part of another worker's request runs here, in this worker (fanout.py).
         share = PART_HEADER not in request.headers
         if mimetype in JSONLINES_ALIASES:
-            return _stream(request.stream, answer_type, started, share)
+            return _stream(request.stream, answer_type, invocation, share)
         texts, shape = decode.decode(request.get_data(cache=False), mimetype,
                                      settings.max_text_characters)
+        invocation.count(texts)
         check_time(sum(work(t) for t in texts))
-        body, content_type = encode.encode(texts, entities(texts, share), shape, answer_type)
+        body, content_type = encode.encode(texts, entities(texts, invocation, share), shape,
+                                           answer_type)
         return Response(body, status=200, content_type=content_type)
 
-    def _stream(body_stream, answer_type, started, share):
+    def _stream(body_stream, answer_type, invocation, share):
         """A JSON Lines body, answered a group of lines at a time (stream.py), the groups
         on every worker (fanout.py). The first group is answered before the answer
         begins, so that what fails on it (and so on any body of one group) still gets
         its JSON error and status."""
         body = stream.read(body_stream, settings.max_text_characters)
-        deadline = started + settings.timeout
+        deadline = invocation.started + settings.timeout
         shapes = collections.deque()
 
         def texts_of_groups():
@@ -158,11 +175,12 @@ def create_app(nlp, settings):
                     raise TimeoutError(f"a JSON Lines request of {body.lines} lines ran "
                                        f"past MODEL_SERVER_TIMEOUT={settings.timeout}")
                 shapes.append((texts, shape))
+                invocation.count(texts)
                 yield texts
 
         def answers():
             try:
-                local = lambda texts: entities(texts, share=False)  # noqa: E731
+                local = lambda texts: entities(texts, invocation, share=False)  # noqa: E731
                 groups = (fanout.run(texts_of_groups(), local, settings.stuck_seconds)
                           if share else map(local, texts_of_groups()))
                 for records in groups:
@@ -188,6 +206,26 @@ def create_app(nlp, settings):
         value = request.headers.get(CUSTOM_ATTRIBUTES)
         if value and len(value) <= 1024 and value.isascii() and value.isprintable():
             response.headers[CUSTOM_ATTRIBUTES] = value
+        return response
+
+    @app.after_request
+    def log_invocation(response):
+        # One line per invocation, written once its answer is sent (a streamed one runs
+        # until then), in key=value words that CloudWatch Logs Insights can parse.
+        if "invocation" not in g:
+            return response
+        words = {"id": request.headers.get(INFERENCE_ID, "-"),
+                 "part": PART_HEADER in request.headers, "status": response.status_code}
+        invocation = g.invocation
+
+        def write():
+            log.info("invocation %s texts=%d characters=%d wait_ms=%.1f model_ms=%.1f "
+                     "total_ms=%.1f", " ".join(f"{k}={v}" for k, v in words.items()),
+                     invocation.texts, invocation.characters, invocation.timing.wait * 1000,
+                     invocation.timing.model * 1000,
+                     (time.monotonic() - invocation.started) * 1000)
+
+        response.call_on_close(write)
         return response
 
     @app.errorhandler(ApiError)
