@@ -123,6 +123,8 @@ class Batcher:
         self._lock = threading.Lock()
         self._busy = False  # a request thread holds the model
         self._watched_in = None  # the pid whose watchdog runs; gunicorn forks after load
+        self._watchdog = None
+        self._closed = threading.Event()  # close(): the watchdog ends
         self._busy_since = None  # monotonic start of the call running now, or None
         self.calls = 0  # merged nlp.pipe calls so far (logged at DEBUG)
 
@@ -137,7 +139,11 @@ class Batcher:
             self._queue.append(job)
             holding = not self._busy
             self._busy = True
+            waiting = len(self._queue)
         if not holding:
+            # What merging will take, and for the tests a sign that a request is queued.
+            log.debug("a request of %d texts waits for the model: %d queued", len(texts),
+                      waiting)
             self._wait(job)  # answered by the thread holding the model, or handed it
         if not job.done:  # this thread holds the model: its own job is the oldest queued
             try:
@@ -188,7 +194,8 @@ class Batcher:
         # its first request (the app is built in gunicorn's master, before the fork).
         if self._watched_in != os.getpid():
             self._watched_in = os.getpid()
-            threading.Thread(target=self._watch, name="watchdog", daemon=True).start()
+            self._watchdog = threading.Thread(target=self._watch, name="watchdog", daemon=True)
+            self._watchdog.start()
 
     def _take(self):
         """The next merged call: [(job, first text, number of texts)], the first job's
@@ -268,9 +275,15 @@ class Batcher:
                       "%d strings", self.calls, len(slices), len(texts),
                       sum(len(t) for t in texts), len(self.nlp.vocab.strings))
 
+    def close(self):
+        """End the watchdog (a worker never needs to: it dies with the process; tests
+        build many batchers in one)."""
+        self._closed.set()
+        if self._watchdog is not None and self._watched_in == os.getpid():
+            self._watchdog.join()
+
     def _watch(self):
-        while True:
-            time.sleep(1)
+        while not self._closed.wait(1):
             since = self._busy_since
             if since is not None and time.monotonic() - since > self.stuck_seconds:
                 self.on_stuck(time.monotonic() - since)

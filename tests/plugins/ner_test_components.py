@@ -10,13 +10,16 @@ texts normally:
 - test_raise: raises on RAISE (a pipeline bug on one request's text);
 - test_stall: never returns on STALL (a model stuck for good);
 - test_hold: waits on HOLD until the test calls release() (the model busy for as long
-  as a test needs to queue requests behind it);
+  as a test needs to queue requests behind it). Under `serve` the test is another
+  process: with NER_TEST_HOLD_DIR set, HOLD writes `holding-<pid>` there and runs (on the
+  CPU, as a model does) until a file `release` appears;
 - test_count: counts the nlp.pipe calls that reach it (one per call: spaCy calls a
   component's pipe() once per nlp.pipe);
 - test_sleep: takes 3 s on SLEEP (a short text the model is slow on);
 - test_exit: raises SystemExit, which is no Exception, on EXIT.
 """
 
+import os
 import threading
 import time
 
@@ -46,16 +49,29 @@ def raise_on_marker(doc):
 
 @Language.component("test_stall")
 def stall_on_marker(doc):
-    while "STALL" in doc.text:
+    # release() ends it, so that an in-process test leaves no thread behind.
+    while "STALL" in doc.text and not _release.is_set():
         time.sleep(0.2)  # a pure-Python loop: the worker's other threads keep running
     return doc
+
+
+HOLD_DIR_ENV = "NER_TEST_HOLD_DIR"
+HOLD_SECONDS = 60  # at most: a test that fails does not leave a worker held for good
 
 
 @Language.component("test_hold")
 def hold_on_marker(doc):
     if "HOLD" in doc.text:
-        holding.set()
-        _release.wait(timeout=60)
+        folder = os.environ.get(HOLD_DIR_ENV)
+        if folder:
+            open(os.path.join(folder, f"holding-{os.getpid()}"), "w").close()
+            release_file = os.path.join(folder, "release")
+            deadline = time.monotonic() + HOLD_SECONDS
+            while not os.path.exists(release_file) and time.monotonic() < deadline:
+                pass  # busy in Python, holding the GIL as a model call does
+        else:
+            holding.set()
+            _release.wait(timeout=HOLD_SECONDS)
     return doc
 
 
