@@ -49,6 +49,16 @@ def image_exists(image):
                           capture_output=True).returncode == 0
 
 
+def wait_until(condition, message, timeout=30, interval=0.01):
+    """Poll condition() until it is true; AssertionError(message) after timeout seconds.
+    The one way the tests wait for something another thread or process does."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{message} (waited {timeout} s)")
+        time.sleep(interval)
+
+
 def ping_status(port, timeout=1.0):
     """The status of GET /ping on 127.0.0.1:port, or None while nothing answers."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)

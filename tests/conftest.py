@@ -16,7 +16,7 @@ sys.path[:0] = [str(PROGRAM_DIR), str(ROOT)]
 
 # How the tests (and the benchmark) start, wait for and stop the real server.
 from harness.servers import (  # noqa: E402,F401 (re-exported for the test modules)
-    DEFAULT_IMAGE, HostProcess, docker_ready, free_port, host_env, in_ci)
+    DEFAULT_IMAGE, HostProcess, docker_ready, free_port, host_env, in_ci, wait_until)
 
 # Sentences whose entities the tiny model learns; the tests ask for these back.
 TRAIN = [

@@ -3,7 +3,9 @@
 In-process tests drive the Flask app from many threads at once around a real tiny
 pipeline with the misbehaving components of tests/plugins; the last tests start the real
 `serve` (nginx + gunicorn gthread workers) with the same pipeline. Nothing here is timed:
-a test holds the model busy (test_hold) for as long as it needs requests to queue.
+a test holds the model busy (test_hold) for as long as it needs requests to queue, so the
+nlp.pipe calls (test_count) are known exactly. Every test ends what it started: the held
+model is released, and each app's batcher is closed (its watchdog thread ends).
 """
 
 import json
@@ -23,7 +25,8 @@ import model
 import predictor
 from batcher import Batcher
 from bad_requests import check_error
-from conftest import TRAIN
+from conftest import TRAIN, wait_until
+from fanout import PART_HEADER
 from settings import Settings
 
 PLUGINS = Path(__file__).resolve().parent / "plugins"
@@ -53,10 +56,24 @@ def misbehaving_model(tiny_model, tmp_path_factory):
 
 
 @pytest.fixture
-def app(misbehaving_model):
-    """A fresh app (and so a fresh batcher) around the pipeline, every component on."""
-    yield app_with(misbehaving_model)
+def make_app(misbehaving_model):
+    """make_app(**env): a fresh app (and so a fresh batcher) around the pipeline, every
+    component on. After the test the model is released and every batcher closed."""
+    apps = []
+
+    def make(**env):
+        apps.append(app_with(misbehaving_model, **env))
+        return apps[-1]
+
+    yield make
     components.release()  # never leave a thread holding the model waiting on HOLD
+    for application in apps:
+        application.extensions["batcher"].close()
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
 
 
 def app_with(pipeline, **env):
@@ -77,14 +94,6 @@ def post(app, body, content_type="application/json", **headers):
                                   headers=headers)
 
 
-def wait_until(condition, message, timeout=30):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(message)
-        time.sleep(0.01)
-
-
 class Held:
     """The model held busy by a HOLD request while the test queues requests behind it."""
 
@@ -95,12 +104,16 @@ class Held:
         wait_until(components.holding.is_set, "the HOLD request never reached the model")
 
     def queue(self, bodies):
-        """Send each (body, content_type); return futures once all wait in the queue."""
+        """Send each (body[, content_type[, headers]]); return futures once all wait in
+        the queue."""
         before = self.batcher.queued()
-        futures = [self.pool.submit(post, self.app, *b) for b in bodies]
+        futures = [self.pool.submit(self._send, *b) for b in bodies]
         wait_until(lambda: self.batcher.queued() == before + len(bodies),
                    "the requests did not all reach the batcher's queue")
         return futures
+
+    def _send(self, body, content_type="application/json", headers=None):
+        return post(self.app, body, content_type, **(headers or {}))
 
     def release(self):
         components.release()
@@ -108,7 +121,7 @@ class Held:
 
 
 def expected_entities(nlp_path, texts):
-    nlp = spacy.load(nlp_path)
+    nlp = spacy.load(nlp_path, exclude=["test_count"])  # not counted among the app's calls
     return [[{"text": e.text, "label": e.label_, "start": e.start_char, "end": e.end_char}
              for e in doc.ents] for doc in nlp.pipe(texts)]
 
@@ -158,7 +171,9 @@ def test_concurrent_requests_of_every_form_each_get_exactly_their_own_entities(
             assert got == expected
     blog = post(app, {"input": texts[0]}).get_json()
     assert blog == {"output": [[e["text"], e["label"]] for e in want[0]]}
-    assert len(components.pipe_calls) < 64
+    # The HOLD call; all 64 requests (96 texts: every other form sends two) in one call;
+    # the blog post's request.
+    assert components.pipe_calls == [1, 96, 1]
 
 
 def test_a_failing_request_merged_with_good_ones_fails_alone(app, caplog):
@@ -180,37 +195,33 @@ def test_a_failing_request_merged_with_good_ones_fails_alone(app, caplog):
     assert "secret internal detail" in caplog.text  # logged for the operator, with its trace
 
 
-def test_the_character_cap_bounds_each_merged_call(misbehaving_model):
-    app = app_with(misbehaving_model, MODEL_SERVER_BATCH_CHARACTERS="100")
-    try:
-        with ThreadPoolExecutor(16) as pool:
-            held = Held(app, pool)
-            forty = "Eve lives in Rome and Bob in Berlin, okay."  # 42 characters
-            big = "Alice works at Acme in Paris. " * 10  # 300: over the cap, runs alone
-            futures = held.queue([({"text": forty},)] * 5 + [({"text": big},)]
-                                 + [({"text": forty},)] * 2)
-            held.release()
-            assert all(f.result(timeout=30).status_code == 200 for f in futures)
-    finally:
-        components.release()
+def test_the_character_cap_bounds_each_merged_call(make_app):
+    app = make_app(MODEL_SERVER_BATCH_CHARACTERS="100")
+    with ThreadPoolExecutor(16) as pool:
+        held = Held(app, pool)
+        forty = "Eve lives in Rome and Bob in Berlin, okay."  # 42 characters
+        big = "Alice works at Acme in Paris. " * 10  # 300: over the cap, runs alone
+        futures = held.queue([({"text": forty},)] * 5 + [({"text": big},)]
+                             + [({"text": forty},)] * 2)
+        held.release()
+        assert all(f.result(timeout=30).status_code == 200 for f in futures)
     # Two 42-character requests fit in 100; the big one alone; then the last two.
     assert components.pipe_calls == [1, 2, 2, 1, 1, 2]
 
 
-def test_a_request_over_the_cap_shares_the_model_with_the_requests_behind_it(
-        misbehaving_model):
-    app = app_with(misbehaving_model, MODEL_SERVER_BATCH_CHARACTERS="100")
-    try:
-        with ThreadPoolExecutor(8) as pool:
-            held = Held(app, pool)
-            forty = "Eve lives in Rome and Bob in Berlin, okay."  # 42 characters
-            big = held.queue([({"texts": [forty] * 6},)])
-            small = held.queue([({"text": forty},)])
-            held.release()
-            assert big[0].result(timeout=30).get_json()["results"] == \
-                [{"entities": small[0].result(timeout=30).get_json()["entities"]}] * 6
-    finally:
-        components.release()
+def test_a_request_over_the_cap_shares_the_model_with_the_requests_behind_it(make_app):
+    """The batcher's own rule, for what reaches it whole: a request marked as a part of
+    another worker's (an ordinary request over the cap, or a JSON Lines body, is first
+    cut into groups of at most the cap, one after the other: fanout.py, stream.py)."""
+    app = make_app(MODEL_SERVER_BATCH_CHARACTERS="100")
+    with ThreadPoolExecutor(8) as pool:
+        held = Held(app, pool)
+        forty = "Eve lives in Rome and Bob in Berlin, okay."  # 42 characters
+        big = held.queue([({"texts": [forty] * 6}, "application/json", {PART_HEADER: "1"})])
+        small = held.queue([({"text": forty},)])
+        held.release()
+        assert big[0].result(timeout=30).get_json()["results"] == \
+            [{"entities": small[0].result(timeout=30).get_json()["entities"]}] * 6
     # Two of the big request's texts; then the small request with the big one's third;
     # then the rest of the big one. The small one did not wait for all six.
     assert components.pipe_calls == [1, 2, 2, 2, 1]
@@ -236,36 +247,43 @@ def test_a_component_raising_what_is_no_exception_fails_its_request_alone(app, m
 
 def test_an_answer_given_is_never_replaced():
     from batcher import _Job
-    job = _Job(["a", "b"])
+    job = _Job(["a", "b"], timing=None)
     job.add([[], [{"text": "b"}]])
     job.finish(RuntimeError("raised later, by the zone's exit"))
     assert job.done and job.error is None and job.records == [[], [{"text": "b"}]]
 
 
-def test_a_request_that_waited_past_the_timeout_is_dropped_with_a_504(misbehaving_model):
-    app = app_with(misbehaving_model, MODEL_SERVER_TIMEOUT="1")
-    try:
-        with ThreadPoolExecutor(4) as pool:
-            held = Held(app, pool)
-            late = held.queue([({"text": TEXTS[0]},)])
-            time.sleep(1.2)  # longer than MODEL_SERVER_TIMEOUT in the queue
-            held.release()
-            response = late[0].result(timeout=30)
-    finally:
-        components.release()
+def test_a_request_that_waited_past_the_timeout_is_dropped_with_a_504(make_app):
+    app = make_app(MODEL_SERVER_TIMEOUT="1")
+    with ThreadPoolExecutor(4) as pool:
+        held = Held(app, pool)
+        late = held.queue([({"text": TEXTS[0]},)])
+        time.sleep(1.2)  # longer than MODEL_SERVER_TIMEOUT in the queue
+        held.release()
+        response = late[0].result(timeout=30)
     check_error(response.status_code, response.headers, response.data, 504, "model_timeout")
     assert components.pipe_calls == [1]  # it never reached the model
 
 
 def test_a_stuck_model_call_wakes_the_watchdog():
     """The watchdog's action in a worker is to exit (test_serve below); here, a callback."""
+    components.reset()
+    watchdogs = {t for t in threading.enumerate() if t.name == "watchdog"}  # others' apps
     stuck = threading.Event()
     nlp = spacy.blank("en")
     nlp.add_pipe("test_stall")
     batcher = Batcher(nlp, 1000, timeout=60, stuck_seconds=1,
                       on_stuck=lambda seconds: stuck.set())
-    threading.Thread(target=batcher.predict, args=(["STALL"],), daemon=True).start()
-    assert stuck.wait(timeout=10), "the watchdog did not notice a call stuck for 1 s"
+    caller = threading.Thread(target=batcher.predict, args=(["STALL"],))
+    caller.start()
+    try:
+        assert stuck.wait(timeout=10), "the watchdog did not notice a call stuck for 1 s"
+    finally:  # the stalled call and the watchdog both end
+        components.release()
+        caller.join(timeout=10)
+        batcher.close()
+    assert not caller.is_alive()
+    assert {t for t in threading.enumerate() if t.name == "watchdog"} == watchdogs
 
 
 def test_novel_words_leave_the_vocabulary_as_it_was(app, misbehaving_model):
@@ -310,31 +328,62 @@ def test_a_request_over_the_timeout_gets_a_json_504_and_the_worker_survives(
         serve_with_plugins):
     """A short text that takes the model 3 s (test_sleep): nothing could have told in
     advance, so nginx answers 504 at MODEL_SERVER_TIMEOUT; the worker lives on."""
-    server = serve_with_plugins(MODEL_SERVER_TIMEOUT=1, MODEL_SERVER_WORKERS=1)
+    server = serve_with_plugins(MODEL_SERVER_TIMEOUT=1, MODEL_SERVER_WORKERS=1,
+                                LOG_LEVEL="DEBUG")
     before = worker_pids(server)
+    calls = len(pipe_calls_logged(server))
     response = requests.post(f"{server.url}/invocations", json={"text": "SLEEP Alice"},
                              timeout=30)
     check_error(response.status_code, response.headers, response.content, 504,
                 "model_timeout")
-    # Once the worker is done with the abandoned request, it serves the next one.
+    # Once the worker is done with the abandoned request, it serves the next one (sent
+    # earlier, it would wait behind the sleep for longer than the timeout too).
+    wait_until(lambda: len(pipe_calls_logged(server)) > calls,
+               "the worker never finished the abandoned request", interval=0.1)
     answer = requests.post(f"{server.url}/invocations", json={"text": TEXTS[0]}, timeout=30)
     assert answer.status_code == 200 and answer.json()["entities"]
     assert worker_pids(server) == before
 
 
-def test_serve_merges_concurrent_requests_and_keeps_the_vocabulary_flat(serve_with_plugins):
-    server = serve_with_plugins(MODEL_SERVER_WORKERS=1, LOG_LEVEL="DEBUG")
+def pipe_calls_logged(server):
+    """(requests, texts) of every merged call the batcher has logged (at DEBUG)."""
+    return [(int(m[1]), int(m[2])) for m in
+            re.finditer(r"nlp\.pipe call \d+: (\d+) requests, (\d+) texts", server.logs())]
+
+
+def test_serve_merges_the_requests_queued_behind_a_busy_model_and_keeps_the_vocabulary_flat(
+        serve_with_plugins, tmp_path):
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    server = serve_with_plugins(MODEL_SERVER_WORKERS=1, LOG_LEVEL="DEBUG",
+                                NER_TEST_HOLD_DIR=hold)
     url = f"{server.url}/invocations"
     texts = [novel_words(1, seed)[0] for seed in range(200)]
+    behind = 8  # fewer than the worker's 16 threads: it takes every one of them at once
+    calls_before = len(pipe_calls_logged(server))
     with ThreadPoolExecutor(32) as pool:
-        answers = list(pool.map(
-            lambda t: requests.post(url, json={"text": t}, timeout=60), texts))
+        first = pool.submit(requests.post, url, json={"text": "HOLD " + TEXTS[0]}, timeout=60)
+        wait_until(lambda: any(hold.glob("holding-*")), "the HOLD request never reached "
+                   "the model")
+        queued = [pool.submit(requests.post, url, json={"text": t}, timeout=60)
+                  for t in texts[:behind]]
+        wait_until(lambda: f"waits for the model: {behind} queued" in server.logs(),
+                   f"the {behind} requests did not all queue behind the HOLD request")
+        (hold / "release").touch()
+        answers = [f.result() for f in queued]
+        assert first.result().status_code == 200
+        # The HOLD call, then one call for all that queued behind it (each is logged once
+        # its call is over, which may be just after its requests are answered).
+        wait_until(lambda: len(pipe_calls_logged(server)) == calls_before + 2,
+                   "the merged call was not logged")
+        assert pipe_calls_logged(server)[calls_before:] == [(1, 1), (behind, behind)]
+        answers += list(pool.map(
+            lambda t: requests.post(url, json={"text": t}, timeout=60), texts[behind:]))
     assert all(a.status_code == 200 for a in answers)
     for text, answer in zip(texts, answers):
         for e in answer.json()["entities"]:
             assert text[e["start"]:e["end"]] == e["text"]
     calls = [line for line in server.logs().splitlines() if "nlp.pipe call" in line]
-    assert len(calls) < len(texts), "no requests were merged"
     strings = {int(line.rsplit("vocabulary ", 1)[1].split()[0]) for line in calls}
     assert len(strings) == 1, f"the vocabulary grew: {sorted(strings)[:3]}..."
 
@@ -348,7 +397,7 @@ def test_a_worker_stuck_in_the_model_is_replaced(serve_with_plugins):
                 "model_timeout")
     # WORKER_BACKSTOP_SECONDS (10) after the timeout, the watchdog ends the worker.
     wait_until(lambda: worker_pids(server) and worker_pids(server) != before,
-               "the stuck worker was not replaced", timeout=40)
+               "the stuck worker was not replaced", timeout=40, interval=0.1)
     answer = requests.post(f"{server.url}/invocations", json={"text": TEXTS[0]}, timeout=30)
     assert [e["text"] for e in answer.json()["entities"]] == ["Alice", "Acme", "Paris"]
     assert "the model is stuck" in server.logs()
