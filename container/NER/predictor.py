@@ -12,6 +12,7 @@ import collections
 import itertools
 import logging
 import math
+import threading
 import time
 
 from flask import Flask, Response, g, request
@@ -59,6 +60,24 @@ def suggested_payload_mb(rate, settings):
     return max(1, min(mb, cap))
 
 
+class _Counter:
+    """A count shared by a worker's request threads; `with counter:` counts one while in."""
+
+    def __init__(self):
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def add(self, n):
+        with self._lock:
+            self.count += n
+
+    def __enter__(self):
+        self.add(1)
+
+    def __exit__(self, *exc):
+        self.add(-1)
+
+
 class _Invocation:
     """What one /invocations request's log line says of it."""
 
@@ -95,6 +114,8 @@ def create_app(nlp, settings):
     app.extensions["batcher"] = batcher
     fanout = Fanout(settings.workers, settings.threads)
     app.extensions["fanout"] = fanout  # worker.py hands it gunicorn's socket
+    # Requests that run for many merged calls: recycle.py waits for none to be running.
+    long_requests = app.extensions["long_requests"] = _Counter()
     # Characters a second one worker runs: measured once, here, in gunicorn's master.
     rate = characters_per_second(nlp)
     app.extensions["characters_per_second"] = rate
@@ -106,11 +127,14 @@ def create_app(nlp, settings):
         """Entity records per text, a long text cut into pieces and put back together;
         pieces of more than one merged call's characters go to every worker (share)."""
         parts, plan = pieces.split(texts, chunk)
-        if share and sum(len(p) for p in parts) > settings.batch_characters:
-            groups = fanout.run(_groups(parts, settings.batch_characters), batcher.predict,
-                                settings.stuck_seconds)
-            return pieces.put_back([r for records in groups for r in records], plan)
-        return pieces.put_back(batcher.predict(parts, invocation.timing), plan)
+        if sum(len(p) for p in parts) <= settings.batch_characters:
+            return pieces.put_back(batcher.predict(parts, invocation.timing), plan)
+        with long_requests:
+            if share:
+                groups = fanout.run(_groups(parts, settings.batch_characters),
+                                    batcher.predict, settings.stuck_seconds)
+                return pieces.put_back([r for records in groups for r in records], plan)
+            return pieces.put_back(batcher.predict(parts, invocation.timing), plan)
 
     def check_time(characters):
         """ApiError (413) for a request of that many characters (model.work) that one
@@ -179,6 +203,7 @@ def create_app(nlp, settings):
                 yield texts
 
         def answers():
+            long_requests.add(1)
             try:
                 local = lambda texts: entities(texts, invocation, share=False)  # noqa: E731
                 groups = (fanout.run(texts_of_groups(), local, settings.stuck_seconds)
@@ -187,6 +212,7 @@ def create_app(nlp, settings):
                     texts, shape = shapes.popleft()
                     yield texts, records, shape
             finally:
+                long_requests.add(-1)
                 body.close()
 
         try:

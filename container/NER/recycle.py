@@ -14,6 +14,14 @@ pages it has copied on write. The worker's start is its USS after its first mode
 once it has copied what any worker copies; it is replaced once its USS has grown
 MODEL_SERVER_RECYCLE_MB over that.
 
+What is not growth does not count: before each reading glibc gives back the free memory it
+keeps at the top of its heaps (malloc_trim), so the workspace of a large call that has
+ended is not counted; and what counts is the least of the last WINDOW readings, so the
+workspace of a call running at one reading is not either. A worker holding a long request
+(a JSON Lines body of many groups, a request whose parts run on every worker: predictor.py
+counts them) does not begin to recycle until it holds none: draining would keep its core
+idle, and its replacement unforked, for as long as that request runs.
+
 How, without losing a request: a thread in each worker reads its USS every CHECK_SECONDS.
 Past the limit, it takes the recycle lock, then
 1. stops accepting: with worker_connections at 0, gthread's loop unregisters the listening
@@ -30,6 +38,9 @@ recycles at a time; another one that is past its limit waits for the next check 
 that exit.
 """
 
+import collections
+import ctypes
+import ctypes.util
 import fcntl
 import logging
 import os
@@ -46,11 +57,21 @@ log = logging.getLogger("ner.recycle")
 CHECK_SECONDS = 1.0
 # How often a recycling worker looks whether the requests it holds are answered.
 DRAIN_POLL_SECONDS = 0.01
+# Readings whose least counts: longer than any one merged call, short against the growth.
+WINDOW = 10
 
 # Read once, here in the master: serve has validated the same environment already.
 LIMIT_MB = Settings.from_env().recycle_mb
 # Opened before the fork (this module is imported with the worker class); unlinked at once.
 _LOCK = tempfile.TemporaryFile(prefix="ner-recycle-")
+
+
+def _trim():
+    """Give glibc's free memory back to the system (a no-op where libc has no malloc_trim)."""
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def uss_mb(path="/proc/self/smaps_rollup"):
@@ -75,13 +96,18 @@ def watch(worker, limit_mb=None):
 
 def _watch(worker, limit_mb):
     batcher = worker.wsgi.extensions["batcher"]
+    long_requests = worker.wsgi.extensions["long_requests"]
     while batcher.calls == 0:
         time.sleep(CHECK_SECONDS)
+    _trim()
     start = uss_mb()
+    readings = collections.deque(maxlen=WINDOW)
     while True:
         time.sleep(CHECK_SECONDS)
-        now = uss_mb()
-        if now - start >= limit_mb and _try_lock():
+        _trim()
+        readings.append(uss_mb())
+        now = min(readings)
+        if now - start >= limit_mb and not long_requests.count and _try_lock():
             _recycle(worker, start, now, limit_mb)
             return
 

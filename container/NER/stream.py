@@ -29,7 +29,7 @@ from protocol import ApiError
 # The socket is read this much at a time.
 BLOCK_BYTES = 1 << 20
 # A body up to this size stays in memory; a larger one moves to a temporary file.
-SPOOL_IN_MEMORY = 8 << 20
+SPOOL_IN_MEMORY = 1 << 20
 BOM = b"\xef\xbb\xbf"
 # A JSON string can spend up to 6 bytes on a character (\uXXXX): a line longer than that
 # many bytes per allowed character cannot hold an allowed text.
