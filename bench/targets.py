@@ -26,15 +26,18 @@ TargetError = ServerError
 class Server:
     """A started server; subclasses say how to start, stop and list its processes."""
 
-    def __init__(self, workers, full_pipeline, model_dir=None):
+    def __init__(self, workers, full_pipeline, model_dir=None, env=None):
         """model_dir: a pipeline folder served as SageMaker serves ModelDataUrl (mounted
-        at /opt/ml/model in the image; SM_MODEL_DIR on the host)."""
+        at /opt/ml/model in the image; SM_MODEL_DIR on the host). env: more settings
+        (e.g. MODEL_SERVER_TIMEOUT) for this server."""
         self.workers, self.full_pipeline, self.model_dir = workers, full_pipeline, model_dir
+        self.extra_env = dict(env or {})
         self.cold_start_seconds = None
 
     def env(self):
         return {"MODEL_SERVER_WORKERS": str(self.workers),
-                "SPACY_FULL_PIPELINE": "true" if self.full_pipeline else "false"}
+                "SPACY_FULL_PIPELINE": "true" if self.full_pipeline else "false",
+                **self.extra_env}
 
     def processes(self):
         raise NotImplementedError
@@ -95,8 +98,8 @@ class HostServer(Server):
 
 
 class ImageServer(Server):
-    def __init__(self, workers, full_pipeline, image, publish=False, model_dir=None):
-        super().__init__(workers, full_pipeline, model_dir)
+    def __init__(self, workers, full_pipeline, image, publish=False, model_dir=None, env=None):
+        super().__init__(workers, full_pipeline, model_dir, env)
         self.image, self.publish = image, publish
 
     def start(self, timeout=120):
@@ -169,7 +172,7 @@ def choose(target, image):
     return "host"
 
 
-def server(kind, workers, full_pipeline, image, publish=False, model_dir=None):
+def server(kind, workers, full_pipeline, image, publish=False, model_dir=None, env=None):
     if kind == "image":
-        return ImageServer(workers, full_pipeline, image, publish, model_dir)
-    return HostServer(workers, full_pipeline, model_dir)
+        return ImageServer(workers, full_pipeline, image, publish, model_dir, env)
+    return HostServer(workers, full_pipeline, model_dir, env)
