@@ -7,6 +7,7 @@ Python built differently (the host's pyenv build against the image's Debian one)
 spaCy's speed by more than the differences being measured.
 
 usage: baseline.py --sentences N --workers N --latency-texts N [--paired-port PORT]
+                   [--transform-bytes B] [--long-document CHARS --reference whole|paragraphs]
 Prints one JSON object on stdout.
 """
 
@@ -20,6 +21,8 @@ import numpy as np
 import corpus
 import inprocess
 import load
+import long_docs
+import transform
 
 BATCH = 64  # texts per batch request: the size of the batch-request goal (README)
 
@@ -129,6 +132,16 @@ def paired(port, texts):
     return out
 
 
+def transform_yardstick(texts, n, file_bytes):
+    """nlp.pipe on n processes over the transform job's records (transform.py's layout),
+    as the batch-request goal's yardstick (pipe_n) runs the corpus: one untimed pass over
+    the corpus first, then the timed run."""
+    inprocess.load()
+    inprocess.pipe_one_process(texts)
+    figures, _ = inprocess.pipe_processes(transform.record_texts(texts, file_bytes), n)
+    return _rounded(figures)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sentences", type=int, required=True)
@@ -136,9 +149,21 @@ def main():
     parser.add_argument("--latency-texts", type=int, required=True)
     parser.add_argument("--paired-port", type=int,
                         help="measure only the paired latency against the server on this port")
+    parser.add_argument("--transform-bytes", type=int,
+                        help="measure only nlp.pipe over a transform job's records, files "
+                        "of at least this many bytes (transform.py)")
+    parser.add_argument("--long-document", type=int, metavar="CHARS",
+                        help="measure only the long-document reference (long_docs.py)")
+    parser.add_argument("--reference", choices=["whole", "paragraphs"], default="whole")
     args = parser.parse_args()
     texts = corpus.sentences(args.sentences)
-    if args.paired_port:
+    if args.transform_bytes:
+        out = {"transform_pipe_n": transform_yardstick(texts, args.workers,
+                                                       args.transform_bytes)}
+    elif args.long_document:
+        out = {"long_document": long_docs.reference(
+            long_docs.document(args.long_document, texts), args.reference)}
+    elif args.paired_port:
         out = {"paired": paired(args.paired_port, texts[:args.latency_texts])}
     else:
         out = everything(texts, args.workers, args.latency_texts)
