@@ -30,10 +30,14 @@ import numpy as np
 import psutil
 
 import baseline
+import container_memory
 import corpus
+import large_body
 import load
+import long_docs
 import report
 import targets
+import transform
 
 HERE = Path(__file__).resolve().parent
 BATCH = baseline.BATCH
@@ -50,13 +54,26 @@ FULL = {"sentences": 4096, "latency_texts": 1000,
         "batch_sweep": lambda n: [1, n, 2 * n], "single_sweep": lambda n: [1, 8, 32, 64],
         "blog_sweep": lambda n: [1, n, 2 * n, 4 * n], "limit_clients": 32,
         "soak_texts": 400_000, "soak_warmup": 2_000, "soak_samples": 40,
-        "before_after_rounds": 2, "limit_rounds": 3}
+        "before_after_rounds": 2, "limit_rounds": 3,
+        # Large work (issue 13): transform jobs over two files of 8 MB (128,737 records),
+        # each payload setting once a round, rounds alternating with the yardstick; JSON
+        # Lines bodies of 100 and 200 MB; documents of 900,000 and 2,500,000 characters.
+        # About 10 + 6 + 3 minutes on 2 cores.
+        "transform_file_bytes": 8 * 1024 * 1024, "transform_rounds": 2,
+        "large_body_mb": [100, 200], "long_document_chars": [900_000, 2_500_000]}
 # CI: every section, a few seconds each; the figures are not for comparison.
 QUICK = {"sentences": 200, "latency_texts": 128,
          "batch_sweep": lambda n: [n, 2 * n], "single_sweep": lambda n: [1, 8],
          "blog_sweep": lambda n: [2 * n], "limit_clients": 8,
          "soak_texts": 1000, "soak_warmup": 200, "soak_samples": 4,
-         "before_after_rounds": 1, "limit_rounds": 1}
+         "before_after_rounds": 1, "limit_rounds": 1,
+         "transform_file_bytes": 300_000, "transform_rounds": 1,
+         "large_body_mb": [3, 6], "long_document_chars": [150_000, 150_000]}
+# The two transform jobs: /execution-parameters decides (what the notebook does), and the
+# real-time limit most examples set.
+TRANSFORM_JOBS = {"execution_parameters": {}, "max_payload_6": {"MaxPayloadInMB": 6}}
+# A large body's server: no payload cap, an async endpoint's hour.
+LARGE_BODY_ENV = {"SAGEMAKER_MAX_PAYLOAD_IN_MB": "0", "MODEL_SERVER_TIMEOUT": "3600"}
 SOAK_REQUEST_TEXTS = 50  # texts per soak request, as the issue that found the growth sent
 
 
@@ -170,12 +187,19 @@ def parse_args():
     return parser.parse_args()
 
 
-def measure_baseline(kind, image, texts, n, plan, paired_port=None):
-    """baseline.py's JSON: here for the host target, inside the image for the image."""
+def measure_baseline(kind, image, texts, n, plan, paired_port=None, transform_bytes=None,
+                     long_document=None):
+    """baseline.py's JSON: here for the host target, inside the image for the image.
+    transform_bytes and long_document ((chars, "whole"|"paragraphs")) run only that
+    yardstick."""
     cli = ["--sentences", str(len(texts)), "--workers", str(n),
            "--latency-texts", str(plan["latency_texts"])]
     if paired_port:
         cli += ["--paired-port", str(paired_port)]
+    if transform_bytes:
+        cli += ["--transform-bytes", str(transform_bytes)]
+    if long_document:
+        cli += ["--long-document", str(long_document[0]), "--reference", long_document[1]]
     if kind == "host":
         if paired_port:
             return {"paired": baseline.paired(paired_port, texts[:plan["latency_texts"]])}
@@ -388,6 +412,158 @@ def measure_blog(start, texts, n, plan, expected, results):
         server.stop()
 
 
+def measure_transform(kind, image, texts, n, plan, expected, results):
+    """Records/s of a local-mode SDK transform job over two JSON Lines files, against
+    nlp.pipe on n processes over the same records inside the image (the batch-request
+    goal's yardstick), alternating: yardstick, each job, repeated. Every output line is
+    checked against expected."""
+    if kind != "image":
+        results["transform"] = {"measured": False, "why": "the transform job runs the image"}
+        return
+    file_bytes = plan["transform_file_bytes"]
+    rounds = []
+    with tempfile.TemporaryDirectory(prefix="bench-transform-") as tmp:
+        inputs = Path(tmp) / "input"
+        inputs.mkdir()
+        files = transform.write_inputs(inputs, texts, file_bytes)
+        records = sum(len(f) for f in files)
+        for r in range(plan["transform_rounds"]):
+            pipe = measure_baseline(kind, image, texts, n, plan,
+                                    transform_bytes=file_bytes)["transform_pipe_n"]
+            row = {"pipe_n_docs_per_s": pipe["docs_per_s"], "jobs": {}}
+            for name, job in TRANSFORM_JOBS.items():
+                output = Path(tmp) / f"output-{r}-{name}"
+                output.mkdir()
+                ran = transform.run_job(image, inputs, output, job)
+                check = transform.check_outputs(output, files, texts, expected)
+                rate = records / ran["seconds"]
+                row["jobs"][name] = {"job": job, "status": ran["status"],
+                                     "seconds": round(ran["seconds"], 2),
+                                     "records_per_s": round(rate, 1),
+                                     "ratio_pipe": round(rate / pipe["docs_per_s"], 3),
+                                     "check": check}
+                log(f"transform job {job}: {records} records in {ran['seconds']:.1f} s, "
+                    f"{rate:.0f} records/s = {rate / pipe['docs_per_s']:.2f} of nlp.pipe on "
+                    f"{n} processes ({pipe['docs_per_s']:.0f} docs/s); "
+                    f"{check['error_lines']} error lines, {check['wrong_ids']} wrong ids, "
+                    f"{check['mismatches']} entity mismatches")
+            rounds.append(row)
+        sizes = transform.file_sizes_mb(inputs)
+    results["transform"] = {
+        "measured": True, "records": records, "file_mb": sizes, "rounds": rounds,
+        **{name: {"ratio_pipe": float(np.median([r["jobs"][name]["ratio_pipe"]
+                                                 for r in rounds])),
+                  "records_per_s": float(np.median([r["jobs"][name]["records_per_s"]
+                                                    for r in rounds]))}
+           for name in TRANSFORM_JOBS}}
+    results["correctness"]["transform"] = {
+        "docs": records, "runs": len(rounds) * len(TRANSFORM_JOBS),
+        "mismatches": sum(j["check"]["error_lines"] + j["check"]["wrong_ids"]
+                          + j["check"]["mismatches"] for r in rounds for j in r["jobs"].values()),
+        "first": next((j["check"]["first"] for r in rounds for j in r["jobs"].values()
+                       if j["check"]["first"]), [])}
+
+
+def rules_only_entities(folder, texts):
+    """The rules-only pipeline's entities per text, as a served answer holds them."""
+    import spacy
+
+    nlp = spacy.load(folder)
+    return [[[e.text, e.label_, e.start_char, e.end_char] for e in d.ents]
+            for d in nlp.pipe(texts)]
+
+
+def measure_large_bodies(start, kind, texts, n, plan, results):
+    """Peak container memory above idle while one JSON Lines body of each size is sent,
+    run and answered, a fresh server for each, serving the rules-only pipeline: what the
+    request path holds does not depend on the model's speed, and a rules-only server
+    answers 100 MB in minutes. Sampled from the container's cgroup (container_memory.py:
+    anon is the goal's figure, the total with page cache is reported beside it)."""
+    if kind != "image":
+        results["large_body"] = {"measured": False,
+                                 "why": "container memory is read from the image's cgroup"}
+        return
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-large-") as tmp:
+        model_dir = rules_only_pipeline(Path(tmp) / "rules_only")
+        expected = rules_only_entities(model_dir, texts)
+        for mb in plan["large_body_mb"]:
+            path = Path(tmp) / f"body-{mb}.jsonl"
+            records = large_body.write_body(path, mb * 1e6, texts)
+            server = start(n, False, model_dir=model_dir, env=LARGE_BODY_ENV)
+            try:
+                warm(server, texts, n)
+                answer, memory = container_memory.above_idle(
+                    container_memory.cgroup_dir(server.id),
+                    lambda: large_body.send(server.port, path, records, texts, expected))
+            finally:
+                server.stop()
+            path.unlink()
+            row = {**answer, **memory,
+                   "anon_over_body": round(memory["peak_anon_above_idle_mb"]
+                                           / answer["body_mb"], 3)}
+            rows.append(row)
+            log(f"large body {answer['body_mb']} MB ({records} records): "
+                f"{answer['seconds']} s; peak above idle: anon "
+                f"{memory['peak_anon_above_idle_mb']} MB, total "
+                f"{memory['peak_total_above_idle_mb']} MB; {answer['wrong_lines']} wrong, "
+                f"{answer['error_lines']} error, {answer['missing_lines']} missing lines")
+    results["large_body"] = {"measured": True, "model": "rules-only pipeline (entity_ruler)",
+                             "env": LARGE_BODY_ENV, "bodies": rows}
+    results["correctness"]["large_body"] = {
+        "docs": sum(r["records"] for r in rows), "runs": len(rows),
+        "mismatches": sum(r["wrong_lines"] + r["error_lines"] + abs(r["missing_lines"])
+                          for r in rows),
+        "first": next((r["first_wrong"] for r in rows if r["first_wrong"]), [])}
+
+
+def measure_long_documents(start, kind, image, texts, n, plan, results):
+    """Two long text/plain documents served with the real model against spaCy's own
+    entities: the first (under nlp.max_length) against one nlp() call on the whole
+    document, the second against each paragraph run alone. The references run first,
+    in-process (inside the image for the image target), with their time and memory; then
+    one server answers both, its container memory sampled during each."""
+    cases = [("whole", plan["long_document_chars"][0]),
+             ("paragraphs", plan["long_document_chars"][1])]
+    references = []
+    for how, chars in cases:
+        if kind == "image":
+            references.append(measure_baseline(kind, image, texts, n, plan,
+                                               long_document=(chars, how))["long_document"])
+        else:
+            references.append(long_docs.reference(long_docs.document(chars, texts), how))
+    rows = []
+    server = start(n, False, env={"MODEL_SERVER_TIMEOUT": "3600"})
+    try:
+        warm(server, texts, n)
+        for (how, chars), ref in zip(cases, references):
+            doc = long_docs.document(chars, texts)
+            if kind == "image":
+                folder = container_memory.cgroup_dir(server.id)
+                (seconds, served), memory = container_memory.above_idle(
+                    folder, lambda: long_docs.post(server.port, doc))
+            else:
+                (seconds, served), memory = long_docs.post(server.port, doc), None
+            row = {"reference": how, "requested_chars": chars, "chars": len(doc),
+                   "paragraphs": len(long_docs.paragraphs(doc)),
+                   **long_docs.compare(doc, served, ref["entities"]),
+                   "served_seconds": round(seconds, 2), "served_memory": memory,
+                   "reference_seconds": ref["seconds"],
+                   "reference_peak_anon_above_start_mb": ref["peak_anon_above_start_mb"],
+                   "reference_max_rss_mb": ref["max_rss_mb"]}
+            rows.append(row)
+            log(f"long document, {len(doc):,} characters against {how}: F1 {row['f1']}, "
+                f"{row['wrong_offsets']} wrong offsets; served {seconds:.1f} s"
+                + (f", peak anon above idle {memory['peak_anon_above_idle_mb']} MB"
+                   if memory else "")
+                + f"; in-process {ref['seconds']} s, +{ref['peak_anon_above_start_mb']} MB anon")
+    finally:
+        server.stop()
+    results["long_documents"] = {"documents": rows,
+                                 "reference_where": "inside the image" if kind == "image"
+                                 else "in the benchmark's process"}
+
+
 def main():
     args = parse_args()
     plan = QUICK if args.quick else FULL
@@ -406,12 +582,12 @@ def main():
     log(f"target {kind}{' ' + args.image if kind == 'image' else ''}, {n} workers, "
         f"{'quick' if args.quick else 'full'} run")
 
-    def start(workers, full_pipeline, model_dir=None, image=None):
+    def start(workers, full_pipeline, model_dir=None, image=None, env=None):
         log(f"starting the server{' ' + image if image else ''}: {workers} worker(s), "
             f"{'full pipeline' if full_pipeline else 'NER components only'}"
-            f"{', model ' + str(model_dir) if model_dir else ''}")
+            f"{', model ' + str(model_dir) if model_dir else ''}{', ' + str(env) if env else ''}")
         return targets.server(kind, workers, full_pipeline, image or args.image, args.publish,
-                              model_dir).start()
+                              model_dir, env).start()
 
     texts = corpus.sentences(plan["sentences"])
     results = {"meta": {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -444,6 +620,9 @@ def main():
     measure_blog(start, texts, n, plan, expected, results)
     measure_http_path(start, texts, n, plan, results)
     measure_soak_and_before_after(start, texts, n, plan, results, args.before_image)
+    measure_transform(kind, args.image, texts, n, plan, expected, results)
+    measure_large_bodies(start, kind, texts, n, plan, results)
+    measure_long_documents(start, kind, args.image, texts, n, plan, results)
     results["image"] = targets.image_info(args.image) if kind == "image" else None
 
     results["meta"]["machine"]["load_average_at_end"] = os.getloadavg()
