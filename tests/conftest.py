@@ -12,7 +12,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAM_DIR = ROOT / "container" / "NER"
-sys.path[:0] = [str(PROGRAM_DIR), str(ROOT)]
+# Misbehaving spaCy components (ner_test_components.py), importable by the tests and, on
+# PYTHONPATH, by the real serve.
+PLUGINS = ROOT / "tests" / "plugins"
+sys.path[:0] = [str(PROGRAM_DIR), str(ROOT), str(PLUGINS)]
 
 # How the tests (and the benchmark) start, wait for and stop the real server.
 from harness.servers import (  # noqa: E402,F401 (re-exported for the test modules)
@@ -88,6 +91,57 @@ def start_server(tmp_path):
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def misbehaving_model(tiny_model, tmp_path_factory):
+    """The tiny NER pipeline plus test_raise, test_stall, test_hold, test_sleep,
+    test_exit and test_count (tests/plugins/ner_test_components.py)."""
+    import spacy
+    import ner_test_components  # noqa: F401 (registers the components)
+
+    nlp = spacy.load(tiny_model)
+    for name in ("test_raise", "test_stall", "test_hold", "test_sleep", "test_exit",
+                 "test_count"):
+        nlp.add_pipe(name)
+    path = tmp_path_factory.mktemp("models") / "misbehaving"
+    nlp.to_disk(path)
+    return path
+
+
+@pytest.fixture
+def serve_with_plugins(start_server, misbehaving_model):
+    """Start `serve` with the misbehaving pipeline, its components found as any custom
+    component is (an entry point on PYTHONPATH)."""
+    def start(**env):
+        return start_server(SPACY_MODEL=misbehaving_model, SPACY_FULL_PIPELINE="true",
+                            PYTHONPATH=PLUGINS, **env)
+    return start
+
+
+class Hold:
+    """The models of serve's workers held busy by HOLD texts (test_hold) until release():
+    `env` is what serve needs for it, `holding()` the pids of the workers holding now."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.folder.mkdir()
+        self.folder.chmod(0o777)  # a container's user writes here too
+        self.env = {"NER_TEST_HOLD_DIR": self.folder}
+
+    def holding(self):
+        return {int(p.name.split("-", 1)[1]) for p in self.folder.glob("holding-*")}
+
+    def release(self):
+        (self.folder / "release").touch()
+
+
+@pytest.fixture
+def hold(start_server, tmp_path):
+    """A Hold; released at the end, before the servers stop (it needs start_server)."""
+    held = Hold(tmp_path / "hold")
+    yield held
+    held.release()
 
 
 @pytest.fixture(scope="session")

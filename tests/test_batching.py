@@ -10,11 +10,9 @@ model is released, and each app's batcher is closed (its watchdog thread ends).
 
 import json
 import re
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import psutil
 import pytest
@@ -25,13 +23,11 @@ import model
 import predictor
 from batcher import Batcher
 from bad_requests import check_error
-from conftest import TRAIN, wait_until
+from conftest import PLUGINS, TRAIN, wait_until
 from fanout import PART_HEADER
 from settings import Settings
 
-PLUGINS = Path(__file__).resolve().parent / "plugins"
-sys.path.insert(0, str(PLUGINS))
-import ner_test_components as components  # noqa: E402
+import ner_test_components as components  # noqa: E402 (conftest puts PLUGINS on the path)
 
 TEXTS = [text for text, _ in TRAIN]
 
@@ -40,19 +36,6 @@ def novel_words(n, seed):
     """Texts of words no model has seen: ids, names and typos, as real traffic brings."""
     return [f"Order X{seed}Q{i}Z by Zorblax{seed}v{i} reached Quenbury{i}x{seed} "
             f"on day {seed * 100000 + i}." for i in range(n)]
-
-
-@pytest.fixture(scope="module")
-def misbehaving_model(tiny_model, tmp_path_factory):
-    """The tiny NER pipeline plus test_raise, test_stall, test_hold, test_sleep,
-    test_exit and test_count."""
-    nlp = spacy.load(tiny_model)
-    for name in ("test_raise", "test_stall", "test_hold", "test_sleep", "test_exit",
-                 "test_count"):
-        nlp.add_pipe(name)
-    path = tmp_path_factory.mktemp("models") / "misbehaving"
-    nlp.to_disk(path)
-    return path
 
 
 @pytest.fixture
@@ -310,14 +293,6 @@ def test_html_is_rendered_from_plain_records_after_the_zone_closed(app):
 
 # --- the same through the real serve ------------------------------------------------
 
-@pytest.fixture
-def serve_with_plugins(start_server, misbehaving_model):
-    def start(**env):
-        return start_server(SPACY_MODEL=misbehaving_model, SPACY_FULL_PIPELINE="true",
-                            PYTHONPATH=PLUGINS, **env)
-    return start
-
-
 def worker_pids(server):
     gunicorn = [p for p in psutil.Process(server.proc.pid).children()
                 if "gunicorn" in " ".join(p.cmdline())]
@@ -352,24 +327,20 @@ def pipe_calls_logged(server):
 
 
 def test_serve_merges_the_requests_queued_behind_a_busy_model_and_keeps_the_vocabulary_flat(
-        serve_with_plugins, tmp_path):
-    hold = tmp_path / "hold"
-    hold.mkdir()
-    server = serve_with_plugins(MODEL_SERVER_WORKERS=1, LOG_LEVEL="DEBUG",
-                                NER_TEST_HOLD_DIR=hold)
+        serve_with_plugins, hold):
+    server = serve_with_plugins(MODEL_SERVER_WORKERS=1, LOG_LEVEL="DEBUG", **hold.env)
     url = f"{server.url}/invocations"
     texts = [novel_words(1, seed)[0] for seed in range(200)]
     behind = 8  # fewer than the worker's 16 threads: it takes every one of them at once
     calls_before = len(pipe_calls_logged(server))
     with ThreadPoolExecutor(32) as pool:
         first = pool.submit(requests.post, url, json={"text": "HOLD " + TEXTS[0]}, timeout=60)
-        wait_until(lambda: any(hold.glob("holding-*")), "the HOLD request never reached "
-                   "the model")
+        wait_until(hold.holding, "the HOLD request never reached the model")
         queued = [pool.submit(requests.post, url, json={"text": t}, timeout=60)
                   for t in texts[:behind]]
         wait_until(lambda: f"waits for the model: {behind} queued" in server.logs(),
                    f"the {behind} requests did not all queue behind the HOLD request")
-        (hold / "release").touch()
+        hold.release()
         answers = [f.result() for f in queued]
         assert first.result().status_code == 200
         # The HOLD call, then one call for all that queued behind it (each is logged once
