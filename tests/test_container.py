@@ -22,7 +22,7 @@ import spacy
 
 from bad_requests import (LARGE_HEADERS, check_error, check_over_http, each_bad_request,
                           send_every_bad_request)
-from conftest import TRAIN, free_port, in_ci
+from conftest import PLUGINS, TRAIN, free_port, in_ci, wait_until
 from harness import servers
 from samples import APPLE, APPLE_ENTITIES, batch_of
 
@@ -277,32 +277,43 @@ def test_it_serves_as_a_user_that_is_not_root_on_a_read_only_root(start_containe
 
 
 def test_sigterm_lets_the_request_in_flight_finish_then_the_container_exits_0(
-        start_container, docker):
-    container = start_container(run_args=("-e", "MODEL_SERVER_WORKERS=1"))
+        start_container, docker, misbehaving_model, hold):
+    """The request holds the model (test_hold, the plugin pipeline mounted into the
+    image) until nginx has stopped listening after SIGTERM: it is in flight at SIGTERM,
+    and answered after it."""
+    container = start_container(run_args=(
+        "-e", "MODEL_SERVER_WORKERS=1", "-e", "SPACY_FULL_PIPELINE=true",
+        "-v", f"{misbehaving_model}:/misbehaving:ro", "-e", "SPACY_MODEL=/misbehaving",
+        "-v", f"{PLUGINS}:/plugins:ro", "-e", "PYTHONPATH=/plugins",
+        "-v", f"{hold.folder}:/hold", "-e", "NER_TEST_HOLD_DIR=/hold"))
+    body = {"texts": [f"HOLD {TRAIN[0][0]}", TRAIN[0][0]]}
     result = {}
 
-    def long_request():
+    def held_request():
         try:
-            result["response"] = container.invoke(LONG_BATCH, timeout=60)
-            result["answered"] = time.monotonic()
+            result["response"] = container.invoke(body, timeout=60)
         except Exception as e:  # reported below, not mistaken for "not in flight"
             result["error"] = repr(e)
 
-    client = threading.Thread(target=long_request)
+    client = threading.Thread(target=held_request)
     client.start()
-    time.sleep(1.5)  # the request is now in the worker
+    wait_until(hold.holding, "the request never reached the model")
     signalled = time.monotonic()
     subprocess.run([docker, "kill", "-s", "TERM", container.id], check=True, capture_output=True)
+    # Through Docker's port mapping: 503 once serve drains, nothing once nginx stops listening.
+    wait_until(lambda: servers.ping_status(container.port, timeout=0.5) is None,
+               "nginx kept listening after SIGTERM")
+    assert not result, f"answered before the model was released: {result}"
+    hold.release()
     status = subprocess.run([docker, "wait", container.id], capture_output=True, text=True,
                             timeout=35, check=True).stdout.strip()
     exited = time.monotonic()
     client.join(timeout=30)
     assert "error" not in result, f"the request failed: {result['error']}"
     assert not client.is_alive(), "the request got no answer within 30 s of the exit"
-    assert result["answered"] > signalled, "the request was answered before SIGTERM"
     response = result["response"]
     assert response.status_code == 200
-    assert len(response.json()["results"]) == len(LONG_BATCH["texts"])
+    assert len(response.json()["results"]) == len(body["texts"])
     assert exited - signalled < 30
     assert status == "0", container.logs()
 
