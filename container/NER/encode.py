@@ -44,7 +44,9 @@ def encode_json(texts, results, shape):
 
 
 def encode_jsonlines(texts, results, shape):
-    return "".join(dumps(r) + "\n" for r in _records(results, shape))
+    # No newline after the last line: batch transform's AssembleWith=Line adds one after
+    # each answer, and a second would put a blank line between two mini-batches' answers.
+    return "\n".join(dumps(r) for r in _records(results, shape))
 
 
 def encode_html(texts, results, shape):
@@ -63,8 +65,11 @@ def encode_pieces(answers, mimetype):
     answers yields (texts, results, shape) in order. JSON Lines and JSON go out as each
     piece is done; an HTML page is one document, so it is rendered once, at the end."""
     if mimetype == JSONLINES:
+        separator = ""
         for texts, results, shape in answers:
-            yield encode_jsonlines(texts, results, shape).encode("utf-8")
+            if texts:
+                yield (separator + encode_jsonlines(texts, results, shape)).encode("utf-8")
+                separator = "\n"
     elif mimetype == JSON:
         yield b'{"results":['
         separator = ""
