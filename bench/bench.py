@@ -10,7 +10,10 @@ post's way (one text per request, full pipeline), the HTTP path alone (a rules-o
 pipeline) and so the single-text limit, /ping under full load, cold start, memory with N
 workers against 1, a memory soak of novel words, and the image size. With
 --before-image, the one-text figures and the soak also run against that image,
-interleaved with the image under test. Every served answer is checked
+interleaved with the image under test. Then large work (image target for the first
+two): a local-mode SDK transform job against nlp.pipe, the container memory of 100 and
+200 MB JSON Lines bodies, and long documents against spaCy's own entities. Every served
+answer is checked
 against nlp.pipe's entities for the same texts. Writes results.json, results.md and
 chart.png to bench/results/ (bench/results/quick/ with --quick).
 """
