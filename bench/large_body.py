@@ -91,8 +91,24 @@ def send(port, path, records, texts, expected, timeout=3600):
         while line := reader.line():
             key, _, value = line.decode("latin-1").partition(":")
             headers[key.strip().lower()] = value.strip()
-        lines = errors = wrong = 0
+        counts = {"lines": 0, "errors": 0, "wrong": 0}
         first, first_byte, answer_bytes, rest = [], None, 0, b""
+
+        def check(raw):
+            answer = json.loads(raw)
+            i = counts["lines"]
+            counts["lines"] += 1
+            if "error" in answer:
+                counts["errors"] += 1
+            elif (answer.get("id") != f"r{i}" or i >= records or
+                  [[e["text"], e["label"], e["start"], e["end"]]
+                   for e in answer.get("entities", [])] != expected[i % len(texts)]):
+                counts["wrong"] += 1
+            else:
+                return
+            if len(first) < 5:
+                first.append(raw[:200].decode("utf-8", "replace"))
+
         for data in reader.chunks(headers):
             first_byte = first_byte or time.perf_counter()
             answer_bytes += len(data)
@@ -101,20 +117,11 @@ def send(port, path, records, texts, expected, timeout=3600):
                 continue
             *complete, rest = (rest + data).split(b"\n")
             for raw in complete:
-                answer = json.loads(raw)
-                i = lines
-                lines += 1
-                if "error" in answer:
-                    errors += 1
-                elif (answer.get("id") != f"r{i}" or i >= records or
-                      [[e["text"], e["label"], e["start"], e["end"]]
-                       for e in answer.get("entities", [])] != expected[i % len(texts)]):
-                    wrong += 1
-                else:
-                    continue
-                if len(first) < 5:
-                    first.append(raw[:200].decode("utf-8", "replace"))
+                check(raw)
+        if status == 200 and rest.strip():  # the last line has no newline after it
+            check(rest)
         done = time.perf_counter()
+        lines, errors, wrong = counts["lines"], counts["errors"], counts["wrong"]
     finally:
         sock.close()
     if status != 200:
