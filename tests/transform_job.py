@@ -1,0 +1,66 @@
+"""A batch transform job run by the SageMaker SDK's local mode (v2) against an image, as
+test_transform.py and the benchmark run it. It runs under .venv-notebook's Python, where
+the SDK lives (it is not in the test environment), and prints one JSON line: the job's
+status and its seconds.
+
+usage: transform_job.py IMAGE INPUT_DIR OUTPUT_DIR JOB_JSON
+JOB_JSON: extra create_transform_job arguments, e.g. {"MaxPayloadInMB": 6}; {} leaves
+MaxPayloadInMB (and MaxConcurrentTransforms, which local mode holds at 1) to
+/execution-parameters. BatchStrategy is always MultiRecord, as in the notebook: local mode
+would take /execution-parameters' "MULTI_RECORD" (the form AWS documents) as it stands,
+and refuse it.
+"""
+
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import boto3
+
+os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+from sagemaker.local import LocalSession  # noqa: E402
+
+
+def main(image, input_dir, output_dir, job):
+    logging.getLogger("sagemaker").setLevel(os.environ.get("SDK_LOG", "WARNING"))
+    # Telemetry off: a local run talks to nothing but Docker.
+    session = LocalSession(boto_session=boto3.Session(region_name="us-east-1"),
+                           sagemaker_config={"SchemaVersion": "1.0", "SageMaker": {
+                               "PythonSDK": {"Modules": {"TelemetryOptOut": True}}}})
+    session.config = {"local": {"local_code": True}}
+    sm = session.sagemaker_client
+    name = f"spacy-ner-test-{uuid.uuid4().hex[:8]}"
+    # Local mode needs "Environment" in the container definition, and a ModelDataUrl,
+    # which it mounts at /opt/ml/model: an empty folder serves the baked pipeline, as a
+    # model without one does on AWS.
+    no_model = tempfile.mkdtemp(prefix="no-model-")
+    sm.create_model(ModelName=name, ExecutionRoleArn="arn:aws:iam::123456789012:role/local",
+                    PrimaryContainer={"Image": image, "Environment": {},
+                                      "ModelDataUrl": Path(no_model).as_uri()})
+    started = time.monotonic()
+    try:
+        sm.create_transform_job(
+            TransformJobName=name, ModelName=name,
+            TransformInput={"DataSource": {"S3DataSource": {
+                "S3DataType": "S3Prefix", "S3Uri": Path(input_dir).as_uri()}},
+                "ContentType": "application/jsonlines", "SplitType": "Line"},
+            TransformOutput={"S3OutputPath": Path(output_dir).as_uri(),
+                             "Accept": "application/jsonlines", "AssembleWith": "Line"},
+            TransformResources={"InstanceType": "local", "InstanceCount": 1},
+            BatchStrategy="MultiRecord",
+            **job)
+        status = sm.describe_transform_job(TransformJobName=name)["TransformJobStatus"]
+    finally:
+        sm.delete_model(ModelName=name)
+    print(json.dumps({"status": status, "seconds": time.monotonic() - started}))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 5:
+        sys.exit(__doc__)
+    main(sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4]))
