@@ -269,6 +269,38 @@ def test_a_stuck_model_call_wakes_the_watchdog():
     assert {t for t in threading.enumerate() if t.name == "watchdog"} == watchdogs
 
 
+@pytest.mark.parametrize("marker", ["RAISE", "EXIT"])
+def test_a_request_cut_by_the_cap_that_fails_leaves_the_model_to_the_next(marker):
+    """A request over the cap goes back in the queue after its first slice; when a later
+    slice fails, it is answered while still queued. The model must not be handed to it
+    (no thread waits there any more): the next request is answered at once."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("test_raise")
+    nlp.add_pipe("test_exit")
+    batcher = Batcher(nlp, 10, timeout=60, stuck_seconds=60)
+    try:
+        with pytest.raises(Exception):
+            batcher.predict(["a" * 10, f"{marker} b", "c" * 10])
+        assert not batcher.busy and batcher.queued() == 0
+        assert batcher.predict(["hello"]) == [[]]
+    finally:
+        batcher.close()
+
+
+@pytest.mark.parametrize("content_type,body", [
+    ("application/jsonlines", "\n" * 3000),
+    ("application/json", json.dumps({"texts": [""] * 3000})),
+])
+def test_no_merged_call_takes_more_than_1024_texts_however_short(app, content_type, body):
+    """Three thousand empty texts are no characters, but three thousand Docs."""
+    response = post(app, body, content_type)
+    assert response.status_code == 200
+    answer = response.get_data(as_text=True)  # a streamed answer runs as it is read
+    assert answer.count("{\"entities\":[]}") == 3000
+    assert len(components.pipe_calls) > 1
+    assert max(components.pipe_calls) <= 1024 and sum(components.pipe_calls) == 3000
+
+
 def test_novel_words_leave_the_vocabulary_as_it_was(app, misbehaving_model):
     nlp_strings = app.extensions["batcher"].nlp.vocab.strings
     post(app, {"texts": novel_words(10, seed=0)})

@@ -51,6 +51,11 @@ class PipelineError(Exception):
     it gets a JSON 500 and the worker's thread lives on."""
 
 
+# The most texts one merged call takes, whatever their characters: a body of a million
+# blank lines is no characters, but a million Docs. Four of nlp.pipe's usual minibatches.
+MAX_TEXTS_PER_CALL = 1024
+
+
 def entity_records(doc):
     """Plain data for a Doc's entities; start/end are character offsets, end exclusive:
     text[start:end] == the entity's text."""
@@ -172,8 +177,12 @@ class Batcher:
         log.error("a request waited %d s without getting the model or an answer", bound)
 
     def _hand_on(self):
-        """Give the model to the oldest waiting request, or mark it idle."""
+        """Give the model to the oldest waiting request, or mark it idle. A request that
+        the cap put back and that was answered since (an error, a timeout) has no thread
+        waiting for the model any more: it leaves the queue, or no one would run it."""
         with self._lock:
+            while self._queue and self._queue[0].done:
+                self._queue.popleft()
             if self._queue:
                 self._queue[0].wake.set()
             else:
@@ -203,7 +212,7 @@ class Batcher:
         all taken, or that is answered already (an error, a timeout), leaves the queue; one
         that the cap cuts goes to its back, so the jobs behind it join the next call
         instead of waiting for all of it."""
-        slices, characters = [], 0
+        slices, characters, texts = [], 0, 0
         while self._queue:
             job = self._queue[0]
             if job.done:
@@ -211,7 +220,8 @@ class Batcher:
                 continue
             n = 0
             for length in itertools.islice(job.lengths, job.taken, None):
-                if (slices or n) and characters + length > self.max_characters:
+                if (slices or n) and (characters + length > self.max_characters
+                                      or texts + n >= MAX_TEXTS_PER_CALL):
                     break
                 characters += length
                 n += 1
@@ -219,6 +229,7 @@ class Batcher:
                 break
             slices.append((job, job.taken, n))
             job.taken += n
+            texts += n
             self._queue.popleft()
             if job.taken < len(job.texts):  # the cap is reached inside this job
                 self._queue.append(job)

@@ -50,14 +50,21 @@ class Fanout:
     def __init__(self, workers, threads):
         self.workers = workers
         self.socket_path = None  # worker.py sets it in each gunicorn worker
-        self._places = threading.BoundedSemaphore(max(1, threads // (workers + 1)))
+        places = threads // (workers + 1)
+        # With too few threads for even one coordinator per worker, no fan-out at all.
+        self._places = threading.BoundedSemaphore(places) if places else None
+
+    @property
+    def width(self):
+        """How many workers one request may run on."""
+        return self.workers if self.socket_path and self._places else 1
 
     def run(self, groups, local, timeout):
         """Records per group of texts, in order: on every worker where there are several
         and groups to share, else `local` (texts -> records) here. groups: an iterator of
         lists of texts."""
         groups = iter(groups)
-        if self.workers < 2 or not self.socket_path:
+        if self.width < 2:
             yield from map(local, groups)
             return
         first = next(groups, None)
@@ -95,14 +102,13 @@ class _Part(threading.Thread):
         self.start()
 
     def run(self):
+        conn = _UnixConnection(self.socket_path, self.timeout)
         try:
-            conn = _UnixConnection(self.socket_path, self.timeout)
             body = "".join(dumps(t) + "\n" for t in self.texts).encode("utf-8")
             conn.request("POST", "/invocations", body=body, headers={
                 "Content-Type": JSONLINES, "Accept": JSONLINES, PART_HEADER: "1"})
             response = conn.getresponse()
             answer = response.read()
-            conn.close()
             if response.status != 200:
                 error = json.loads(answer).get("error", {})
                 self.error = ApiError(response.status, error.get("code", "part_failed"),
@@ -111,6 +117,8 @@ class _Part(threading.Thread):
                 self.records = [json.loads(line)["entities"] for line in answer.splitlines()]
         except Exception as e:  # noqa: BLE001 (carried to the coordinator, which raises it)
             self.error = e
+        finally:
+            conn.close()
 
     def result(self):
         self.join()

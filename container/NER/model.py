@@ -149,10 +149,16 @@ _CALIBRATION = [
 ] * 8
 
 
+# What a text costs the model beside its characters, in characters: making a Doc and its
+# entity record, which a body of a million one-word lines pays a million times.
+TEXT_WORK = 32
+
+
 def work(text):
-    """The characters of text that cost the model time: all but spaces and line breaks,
-    of which a body padded with whitespace may have millions at almost no cost."""
-    return len(text) - text.count(" ") - text.count("\n")
+    """What running text costs the model, in characters: all but its spaces and line
+    breaks, of which a body padded with whitespace may have millions at almost no cost,
+    plus TEXT_WORK."""
+    return len(text) - text.count(" ") - text.count("\n") + TEXT_WORK
 
 
 def characters_per_second(nlp, rounds=5):

@@ -22,10 +22,10 @@ import decode
 import encode
 import pieces
 import stream
-from batcher import Batcher, Timing
+from batcher import MAX_TEXTS_PER_CALL, Batcher, Timing
 from fanout import PART_HEADER, Fanout
 from model import characters_per_second, work
-from protocol import JSON, JSONLINES_ALIASES, ApiError, dumps, error_body
+from protocol import HTML, JSON, JSONLINES_ALIASES, ApiError, dumps, error_body
 
 log = logging.getLogger("ner.predictor")
 
@@ -60,6 +60,16 @@ def suggested_payload_mb(rate, settings):
     return max(1, min(mb, cap))
 
 
+def _before(deadline, groups):
+    """The groups, until the deadline passes: then ApiError 504 (which a request whose
+    answer has not begun gets as its JSON error; once an answer streams, raising ends the
+    connection without the last chunk, and the client sees a cut answer)."""
+    for group in groups:
+        if time.monotonic() > deadline:
+            raise ApiError(504, "model_timeout", "the request ran past MODEL_SERVER_TIMEOUT")
+        yield group
+
+
 class _Counter:
     """A count shared by a worker's request threads; `with counter:` counts one while in."""
 
@@ -92,10 +102,12 @@ class _Invocation:
 
 
 def _groups(texts, max_characters):
-    """Consecutive texts in lists of up to max_characters (a longer text alone)."""
+    """Consecutive texts in lists of up to max_characters and MAX_TEXTS_PER_CALL (a
+    longer text alone)."""
     group, characters = [], 0
     for text in texts:
-        if group and characters + len(text) > max_characters:
+        if group and (characters + len(text) > max_characters
+                      or len(group) == MAX_TEXTS_PER_CALL):
             yield group
             group, characters = [], 0
         group.append(text)
@@ -125,26 +137,29 @@ def create_app(nlp, settings):
 
     def entities(texts, invocation, share=True):
         """Entity records per text, a long text cut into pieces and put back together;
-        pieces of more than one merged call's characters go to every worker (share)."""
+        pieces of more than one merged call go to every worker (share)."""
         parts, plan = pieces.split(texts, chunk)
-        if sum(len(p) for p in parts) <= settings.batch_characters:
+        if (sum(len(p) for p in parts) <= settings.batch_characters
+                and len(parts) <= MAX_TEXTS_PER_CALL):
             return pieces.put_back(batcher.predict(parts, invocation.timing), plan)
         with long_requests:
             if share:
-                groups = fanout.run(_groups(parts, settings.batch_characters),
+                deadline = invocation.started + settings.timeout
+                groups = fanout.run(_before(deadline, _groups(parts, settings.batch_characters)),
                                     batcher.predict, settings.stuck_seconds)
                 return pieces.put_back([r for records in groups for r in records], plan)
             return pieces.put_back(batcher.predict(parts, invocation.timing), plan)
 
-    def check_time(characters):
-        """ApiError (413) for a request of that many characters (model.work) that one
-        worker cannot run within the timeout: better at once than a 504, or a retried
-        mini-batch, after MODEL_SERVER_TIMEOUT."""
-        seconds = characters / rate
+    def check_time(characters, share):
+        """ApiError (413) for a request of that much work (model.work) that the workers it
+        may run on (fanout.py) cannot finish within the timeout: better at once than a
+        504, or a retried mini-batch, after MODEL_SERVER_TIMEOUT."""
+        workers = fanout.width if share else 1
+        seconds = characters / (rate * workers)
         if seconds > settings.timeout:
             raise ApiError(413, "too_large_for_timeout", (
-                f"{characters} characters take one worker about {seconds:.0f} s, over "
-                f"MODEL_SERVER_TIMEOUT={settings.timeout}; send less per request (a "
+                f"{characters} characters take {workers} worker(s) about {seconds:.0f} s, "
+                f"over MODEL_SERVER_TIMEOUT={settings.timeout}; send less per request (a "
                 "transform job's MaxPayloadInMB) or raise MODEL_SERVER_TIMEOUT (and the "
                 "job's InvocationsTimeoutInSeconds)"))
 
@@ -177,7 +192,7 @@ def create_app(nlp, settings):
         texts, shape = decode.decode(request.get_data(cache=False), mimetype,
                                      settings.max_text_characters)
         invocation.count(texts)
-        check_time(sum(work(t) for t in texts))
+        check_time(sum(work(t) for t in texts), share)
         body, content_type = encode.encode(texts, entities(texts, invocation, share), shape,
                                            answer_type)
         return Response(body, status=200, content_type=content_type)
@@ -191,19 +206,20 @@ def create_app(nlp, settings):
         deadline = invocation.started + settings.timeout
         shapes = collections.deque()
 
+        long = False  # counted in long_requests from its second group on
+
         def texts_of_groups():
-            for texts, shape in body.groups(settings.batch_characters):
-                if time.monotonic() > deadline:
-                    # The answer has begun: no status can say so any more. Ending the
-                    # connection without the last chunk tells the client it is cut.
-                    raise TimeoutError(f"a JSON Lines request of {body.lines} lines ran "
-                                       f"past MODEL_SERVER_TIMEOUT={settings.timeout}")
+            nonlocal long
+            for n, (texts, shape) in enumerate(
+                    _before(deadline, body.groups(settings.batch_characters))):
+                if n == 1:
+                    long = True
+                    long_requests.add(1)
                 shapes.append((texts, shape))
                 invocation.count(texts)
                 yield texts
 
         def answers():
-            long_requests.add(1)
             try:
                 local = lambda texts: entities(texts, invocation, share=False)  # noqa: E731
                 groups = (fanout.run(texts_of_groups(), local, settings.stuck_seconds)
@@ -212,12 +228,18 @@ def create_app(nlp, settings):
                     texts, shape = shapes.popleft()
                     yield texts, records, shape
             finally:
-                long_requests.add(-1)
+                if long:
+                    long_requests.add(-1)
                 body.close()
 
         try:
-            check_time(body.work)
+            check_time(body.work, share)
             answered = answers()
+            if answer_type == HTML:
+                # One page: made here, whole, so that what fails on any group still gets
+                # its JSON error and status.
+                page = b"".join(encode.encode_pieces(answered, answer_type))
+                return Response(page, status=200, content_type=encode.content_type(HTML))
             first = list(itertools.islice(answered, 1))
         except BaseException:
             body.close()

@@ -66,12 +66,21 @@ LIMIT_MB = Settings.from_env().recycle_mb
 _LOCK = tempfile.TemporaryFile(prefix="ner-recycle-")
 
 
-def _trim():
-    """Give glibc's free memory back to the system (a no-op where libc has no malloc_trim)."""
+def _libc_trim():
     try:
-        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+        return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+    except (OSError, AttributeError):  # no glibc: nothing to trim
+        return None
+
+
+# Looked up once: find_library runs ldconfig.
+_MALLOC_TRIM = _libc_trim()
+
+
+def _trim():
+    """Give glibc's free memory back to the system."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def uss_mb(path="/proc/self/smaps_rollup"):
