@@ -126,6 +126,15 @@ def test_local_mode_runs_top_to_bottom_against_the_real_image(papermill, docker,
         assert re.search(rf"^{doc_id}  .*\n        -> {re.escape(entities)}", text,
                          re.MULTILINE), (doc_id, text)
     assert "-> -" not in text, "a record got no answer"
+    # Async inference's local stand-in: the long document past nlp.max_length and the JSON
+    # Lines file, through the image with the async environment.
+    found = re.search(r"^document\.txt: ([\d,]+) entities, every offset right: (\w+)$", text,
+                      re.MULTILINE)
+    assert found and int(found[1].replace(",", "")) > 10_000 and found[2] == "True", text
+    assert "records.jsonl: 3,000 answer lines for 3,000 records" in text
+    assert re.search(r"^rec-0  -> Apple \(ORG\), U\.K\. \(GPE\), \$1 billion \(MONEY\)$", text,
+                     re.MULTILINE), text
+    assert "on AWS: invoke_endpoint_async(" in text
 
 
 def test_aws_mode_requests_are_valid_and_clean_up_leaves_nothing(
@@ -138,7 +147,8 @@ def test_aws_mode_requests_are_valid_and_clean_up_leaves_nothing(
     try:
         text = execute(papermill, tmp_path / "aws.ipynb", env, LOCAL_MODE=False,
                        IMAGE_NAME=IMAGE_NAME, IMAGE_TAG=tag,
-                       ROLE_ARN="arn:aws:iam::123456789012:role/spacy-ner-test")
+                       ROLE_ARN="arn:aws:iam::123456789012:role/spacy-ner-test",
+                       ASYNC_WAIT_SECONDS=0)
     finally:
         subprocess.run([docker, "rmi", f"{IMAGE_NAME}:{tag}",
                         f"{local_registry.host}/{IMAGE_NAME}:{tag}"], capture_output=True)
@@ -148,8 +158,8 @@ def test_aws_mode_requests_are_valid_and_clean_up_leaves_nothing(
     assert f"image: {local_registry.host}/{IMAGE_NAME}:{tag}" in text
     assert [r["repositoryName"] for r in
             moto_server.client("ecr").describe_repositories()["repositories"]] == [IMAGE_NAME]
-    # Three endpoints went InService (main, own pipeline, serverless)...
-    assert len(re.findall(r"-endpoint-\S+ InService\b", text)) == 3, text
+    # Four endpoints went InService (main, own pipeline, serverless, async)...
+    assert len(re.findall(r"-endpoint-\S+ InService\b", text)) == 4, text
     assert "no output records (a mock AWS runs no container and writes none)" in text
     assert "left over: nothing" in text
     # The scaling target and policy the notebook registered, as AWS answered them...
@@ -162,7 +172,10 @@ def test_aws_mode_requests_are_valid_and_clean_up_leaves_nothing(
     [job] = sm.list_transform_jobs()["TransformJobSummaries"]
     job = sm.describe_transform_job(TransformJobName=job["TransformJobName"])
     assert job["TransformJobStatus"] == "Completed" and job["BatchStrategy"] == "MultiRecord"
-    assert job["MaxPayloadInMB"] == 6
+    # Left to /execution-parameters; a timeout the server's own matches, one retry.
+    assert "MaxPayloadInMB" not in job and "MaxConcurrentTransforms" not in job, job
+    assert job["ModelClientConfig"] == {"InvocationsTimeoutInSeconds": 600,
+                                        "InvocationsMaxRetries": 1}
     assert job["TransformInput"]["SplitType"] == "Line"
     assert job["TransformInput"]["ContentType"] == "application/jsonlines"
     source = job["TransformInput"]["DataSource"]["S3DataSource"]
@@ -170,6 +183,22 @@ def test_aws_mode_requests_are_valid_and_clean_up_leaves_nothing(
     assert job["TransformOutput"]["AssembleWith"] == "Line"
     assert job["TransformOutput"]["Accept"] == "application/jsonlines"
     assert job["TransformResources"] == {"InstanceType": "ml.m5.large", "InstanceCount": 1}
+    # The async endpoint: its configuration as AWS answered it, scale to zero, the alarm
+    # that starts the first instance, and both requests queued.
+    assert re.search(r"^async endpoint config: spacy-ner-async-config-\S+ output "
+                     r"s3://\S+/async/output/ at most 2 at once per instance$", text,
+                     re.MULTILINE), text
+    assert re.search(r"^async scalable target: endpoint/spacy-ner-async-endpoint-\S+/variant/"
+                     r"AllTraffic 0\.\.4 instances$", text, re.MULTILINE), text
+    assert re.search(r"^async scaling policy: spacy-ner-async-backlog-\S+ TargetTrackingScaling$",
+                     text, re.MULTILINE), text
+    assert re.search(r"^async scaling policy: spacy-ner-async-from-zero-\S+ StepScaling$", text,
+                     re.MULTILINE), text
+    assert re.search(r"^document\.txt: queued, answer at s3://", text, re.MULTILINE), text
+    assert re.search(r"^records\.jsonl: queued, answer at s3://", text, re.MULTILINE), text
+    assert ("no async answer for document.txt, records.jsonl within ASYNC_WAIT_SECONDS=0; "
+            "it will be at its OutputLocation") in text
+    assert moto_server.client("cloudwatch").describe_alarms()["MetricAlarms"] == []
     # Nothing is left: endpoints, configurations, models (the transform's too), scaling
     # targets, and the S3 objects (model.tar.gz, the transform's input).
     assert sm.list_endpoints()["Endpoints"] == []
@@ -179,6 +208,8 @@ def test_aws_mode_requests_are_valid_and_clean_up_leaves_nothing(
     assert autoscaling.describe_scalable_targets(
         ServiceNamespace="sagemaker")["ScalableTargets"] == []
     s3 = moto_server.client("s3")
-    [bucket] = [b["Name"] for b in s3.list_buckets()["Buckets"]]
-    assert bucket == "sagemaker-us-east-1-123456789012"
-    assert s3.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+    buckets = [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    assert "sagemaker-us-east-1-123456789012" in buckets
+    # (moto writes a placeholder answer of invoke_endpoint_async into a bucket of its own.)
+    for bucket in buckets:
+        assert s3.list_objects_v2(Bucket=bucket, Prefix="spacy-ner/").get("KeyCount") == 0
