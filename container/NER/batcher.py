@@ -56,6 +56,22 @@ class PipelineError(Exception):
 MAX_TEXTS_PER_CALL = 1024
 
 
+def groups(items, max_characters, text=lambda item: item):
+    """Consecutive items in lists of up to max_characters (of their text(item)) and
+    MAX_TEXTS_PER_CALL: what one merged call may take from one request. A longer text is
+    a list alone."""
+    group, characters = [], 0
+    for item in items:
+        n = len(text(item))
+        if group and (characters + n > max_characters or len(group) == MAX_TEXTS_PER_CALL):
+            yield group
+            group, characters = [], 0
+        group.append(item)
+        characters += n
+    if group:
+        yield group
+
+
 def entity_records(doc):
     """Plain data for a Doc's entities; start/end are character offsets, end exclusive:
     text[start:end] == the entity's text."""

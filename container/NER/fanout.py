@@ -25,6 +25,7 @@ worker (and as the Flask app does where there is no gunicorn socket: the tests).
 
 import collections
 import http.client
+import itertools
 import json
 import socket
 import threading
@@ -71,11 +72,15 @@ class Fanout:
         if first is None:
             return
         second = next(groups, None)
-        if second is None or not self._places.acquire(blocking=False):
-            yield from map(local, _chain(first, second, groups))
+        if second is None:
+            yield local(first)
+            return
+        groups = itertools.chain([first, second], groups)
+        if not self._places.acquire(blocking=False):
+            yield from map(local, groups)
             return
         try:
-            yield from self._share(_chain(first, second, groups), timeout)
+            yield from self._share(groups, timeout)
         finally:
             self._places.release()
 
@@ -129,9 +134,3 @@ class _Part(threading.Thread):
                                "answers")
         return self.records
 
-
-def _chain(first, second, rest):
-    yield first
-    if second is not None:
-        yield second
-    yield from rest

@@ -22,7 +22,7 @@ import decode
 import encode
 import pieces
 import stream
-from batcher import MAX_TEXTS_PER_CALL, Batcher, Timing
+from batcher import MAX_TEXTS_PER_CALL, Batcher, Timing, groups
 from fanout import PART_HEADER, Fanout
 from model import characters_per_second, work
 from protocol import HTML, JSON, JSONLINES_ALIASES, ApiError, dumps, error_body
@@ -101,21 +101,6 @@ class _Invocation:
         self.characters += sum(len(t) for t in texts)
 
 
-def _groups(texts, max_characters):
-    """Consecutive texts in lists of up to max_characters and MAX_TEXTS_PER_CALL (a
-    longer text alone)."""
-    group, characters = [], 0
-    for text in texts:
-        if group and (characters + len(text) > max_characters
-                      or len(group) == MAX_TEXTS_PER_CALL):
-            yield group
-            group, characters = [], 0
-        group.append(text)
-        characters += len(text)
-    if group:
-        yield group
-
-
 def create_app(nlp, settings):
     """The app around a loaded pipeline, with the one Batcher its requests share."""
     app = Flask(__name__)
@@ -145,9 +130,9 @@ def create_app(nlp, settings):
         with long_requests:
             if share:
                 deadline = invocation.started + settings.timeout
-                groups = fanout.run(_before(deadline, _groups(parts, settings.batch_characters)),
-                                    batcher.predict, settings.stuck_seconds)
-                return pieces.put_back([r for records in groups for r in records], plan)
+                answers = fanout.run(_before(deadline, groups(parts, settings.batch_characters)),
+                                     batcher.predict, settings.stuck_seconds)
+                return pieces.put_back([r for records in answers for r in records], plan)
             return pieces.put_back(batcher.predict(parts, invocation.timing), plan)
 
     def check_time(characters, share):
@@ -222,9 +207,9 @@ def create_app(nlp, settings):
         def answers():
             try:
                 local = lambda texts: entities(texts, invocation, share=False)  # noqa: E731
-                groups = (fanout.run(texts_of_groups(), local, settings.stuck_seconds)
-                          if share else map(local, texts_of_groups()))
-                for records in groups:
+                ran = (fanout.run(texts_of_groups(), local, settings.stuck_seconds)
+                       if share else map(local, texts_of_groups()))
+                for records in ran:
                     texts, shape = shapes.popleft()
                     yield texts, records, shape
             finally:

@@ -22,7 +22,7 @@ Memory is then one group's texts and answers, whatever the body's size.
 
 import tempfile
 
-from batcher import MAX_TEXTS_PER_CALL
+from batcher import groups
 from decode import Shape, check_length, decode_line
 from model import work
 from protocol import ApiError
@@ -45,21 +45,12 @@ class Body:
         self.file, self.lines, self.work = file, lines, work
 
     def groups(self, max_characters):
-        """(texts, Shape) for consecutive records, up to max_characters and
-        MAX_TEXTS_PER_CALL a group (a longer record is a group alone)."""
-        texts, extras, characters = [], [], 0
+        """(texts, Shape) for consecutive records, grouped as batcher.groups does."""
         self.file.seek(0)
-        for n, line in enumerate(self.file, 1):
-            text, fields = decode_line(line[:-1] if line.endswith(b"\n") else line, n)
-            if texts and (characters + len(text) > max_characters
-                          or len(texts) == MAX_TEXTS_PER_CALL):
-                yield texts, Shape("lines", tuple(extras))
-                texts, extras, characters = [], [], 0
-            texts.append(text)
-            extras.append(fields)
-            characters += len(text)
-        if texts:
-            yield texts, Shape("lines", tuple(extras))
+        records = (decode_line(line[:-1] if line.endswith(b"\n") else line, n)
+                   for n, line in enumerate(self.file, 1))
+        for group in groups(records, max_characters, text=lambda record: record[0]):
+            yield [text for text, _ in group], Shape("lines", tuple(f for _, f in group))
 
     def close(self):
         self.file.close()
