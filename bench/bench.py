@@ -78,6 +78,9 @@ TRANSFORM_JOBS = {"execution_parameters": {}, "max_payload_6": {"MaxPayloadInMB"
 # A large body's server: no payload cap, an async endpoint's hour.
 LARGE_BODY_ENV = {"SAGEMAKER_MAX_PAYLOAD_IN_MB": "0", "MODEL_SERVER_TIMEOUT": "3600"}
 SOAK_REQUEST_TEXTS = 50  # texts per soak request, as the issue that found the growth sent
+# A soak sample is the least of the readings over this long at idle: twice the recycle
+# thread's trim interval (settled_pss_mb).
+SETTLE_SECONDS = 2.5
 
 
 def log(message):
@@ -317,21 +320,39 @@ def soak(servers, texts, samples, warmup):
     step = -(-(len(texts) - warmup) // samples)
     step += -step % SOAK_REQUEST_TEXTS
     bounds = [0, warmup, *range(warmup + step, len(texts), step), len(texts)]
-    curves = {name: [[0, s.memory()["pss_mb"]]] for name, s in servers.items()}
+    curves = {name: [[0, settled_pss_mb(s)]] for name, s in servers.items()}
     for lo, hi in zip(bounds, bounds[1:]):
         for name, server in servers.items():
             bodies = [encode({"texts": texts[j:min(j + SOAK_REQUEST_TEXTS, hi)]})
                       for j in range(lo, hi, SOAK_REQUEST_TEXTS)]
             load.run(server.port, requests_for(server.port, bodies), server.workers)
-            curves[name].append([hi, server.memory()["pss_mb"]])
+            curves[name].append([hi, settled_pss_mb(server)])
     return curves
 
 
-def halfway(curve):
-    """The sample of a soak curve nearest half way from the warm-up to the end: growth
-    after it is what a plateau must not have."""
+def settled_pss_mb(server):
+    """The least summed PSS over SETTLE_SECONDS at idle: what the server keeps. Right after
+    a slice, a worker's heap still holds what its last calls freed, until the recycle
+    thread's next malloc_trim (recycle.py, once a second); a reading then is the phase of
+    that second, not growth. The same least-of-readings rule recycle.py judges by."""
+    readings = []
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while not readings or time.monotonic() < deadline:
+        readings.append(server.memory()["pss_mb"])
+        time.sleep(SETTLE_SECONDS / 5)
+    return min(readings)
+
+
+def second_half_growth(curve):
+    """How far the top of a soak curve still rose in its second half: the highest sample
+    of the second half against the highest of the first (after the warm-up). A server that
+    recycles its workers draws a sawtooth; its top is what must stop rising, while the
+    difference of two single samples is mostly where each fell on the teeth. Growth shows
+    in full: a curve that climbs has its highest samples late."""
     middle = (curve[1][0] + curve[-1][0]) / 2
-    return min(curve[1:], key=lambda point: abs(point[0] - middle))[1]
+    first = max(mb for texts, mb in curve[1:] if texts <= middle)
+    second = max(mb for texts, mb in curve[1:] if texts > middle)
+    return second - first
 
 
 def measure_soak_and_before_after(start, texts, n, plan, results, before_image):
@@ -351,7 +372,7 @@ def measure_soak_and_before_after(start, texts, n, plan, results, before_image):
         curves = soak(servers, novel, plan["soak_samples"], warmup)
         results["soak"] = {
             name: {"pss_mb": curve, "growth_mb": round(curve[-1][1] - curve[1][1], 1),
-                   "second_half_growth_mb": round(curve[-1][1] - halfway(curve), 1),
+                   "second_half_growth_mb": round(second_half_growth(curve), 1),
                    "warmup_growth_mb": round(curve[1][1] - curve[0][1], 1)}
             for name, curve in curves.items()}
         results["soak"].update(texts=plan["soak_texts"], warmup_texts=warmup)
@@ -439,25 +460,33 @@ def measure_transform(kind, image, texts, n, plan, expected, results):
                 output.mkdir()
                 ran = transform.run_job(image, inputs, output, job)
                 check = transform.check_outputs(output, files, texts, expected)
-                rate = records / ran["seconds"]
+                # The goal's rate: from the job's first request to its last answer (the
+                # SDK's TransformStartTime -> TransformEndTime), what an instance does
+                # per second of the job. The container's start and stop, once a job
+                # (on AWS inside the instance's provisioning), are in the whole job's.
+                rate = records / ran["inference_seconds"]
+                job_rate = records / ran["seconds"]
                 row["jobs"][name] = {"job": job, "status": ran["status"],
                                      "seconds": round(ran["seconds"], 2),
+                                     "inference_seconds": round(ran["inference_seconds"], 2),
                                      "records_per_s": round(rate, 1),
                                      "ratio_pipe": round(rate / pipe["docs_per_s"], 3),
+                                     "job_records_per_s": round(job_rate, 1),
+                                     "job_ratio_pipe": round(job_rate / pipe["docs_per_s"], 3),
                                      "check": check}
-                log(f"transform job {job}: {records} records in {ran['seconds']:.1f} s, "
-                    f"{rate:.0f} records/s = {rate / pipe['docs_per_s']:.2f} of nlp.pipe on "
-                    f"{n} processes ({pipe['docs_per_s']:.0f} docs/s); "
+                log(f"transform job {job}: {records} records in {ran['inference_seconds']:.1f}"
+                    f" s of inference ({ran['seconds']:.1f} s with the container's start and "
+                    f"stop), {rate:.0f} records/s = {rate / pipe['docs_per_s']:.2f} of nlp.pipe "
+                    f"on {n} processes ({pipe['docs_per_s']:.0f} docs/s); "
                     f"{check['error_lines']} error lines, {check['wrong_ids']} wrong ids, "
                     f"{check['mismatches']} entity mismatches")
             rounds.append(row)
         sizes = transform.file_sizes_mb(inputs)
     results["transform"] = {
         "measured": True, "records": records, "file_mb": sizes, "rounds": rounds,
-        **{name: {"ratio_pipe": float(np.median([r["jobs"][name]["ratio_pipe"]
-                                                 for r in rounds])),
-                  "records_per_s": float(np.median([r["jobs"][name]["records_per_s"]
-                                                    for r in rounds]))}
+        **{name: {key: float(np.median([r["jobs"][name][key] for r in rounds]))
+                  for key in ("ratio_pipe", "records_per_s", "job_ratio_pipe",
+                              "job_records_per_s")}
            for name in TRANSFORM_JOBS}}
     results["correctness"]["transform"] = {
         "docs": records, "runs": len(rounds) * len(TRANSFORM_JOBS),

@@ -54,10 +54,16 @@ def main(image, input_dir, output_dir, job):
             TransformResources={"InstanceType": "local", "InstanceCount": 1},
             BatchStrategy="MultiRecord",
             **job)
-        status = sm.describe_transform_job(TransformJobName=name)["TransformJobStatus"]
+        described = sm.describe_transform_job(TransformJobName=name)
     finally:
         sm.delete_model(ModelName=name)
-    print(json.dumps({"status": status, "seconds": time.monotonic() - started}))
+    seconds = time.monotonic() - started
+    # The SDK's own times of the job: from once the container answers /ping (and
+    # /execution-parameters) to its last answer written; the rest of `seconds` is the
+    # container's start and stop.
+    inference = (described["TransformEndTime"] - described["TransformStartTime"]).total_seconds()
+    print(json.dumps({"status": described["TransformJobStatus"], "seconds": seconds,
+                      "inference_seconds": inference}))
 
 
 if __name__ == "__main__":
