@@ -95,6 +95,11 @@ def test_the_soak_samples_memory_from_start_to_end(quick_run):
     assert all(positive(mb) for _, mb in soak["after"]["pss_mb"])
     curve = soak["after"]["pss_mb"]
     assert soak["after"]["growth_mb"] == pytest.approx(curve[-1][1] - curve[1][1], abs=0.11)
+    # The second half is judged by the curve's top (bench.second_half_growth).
+    middle = (curve[1][0] + curve[-1][0]) / 2
+    tops = [max(mb for texts, mb in curve[1:] if (texts > middle) == late)
+            for late in (False, True)]
+    assert soak["after"]["second_half_growth_mb"] == pytest.approx(tops[1] - tops[0], abs=0.11)
 
 
 def test_before_and_after_alternate_on_both_servers(quick_run):
@@ -168,12 +173,19 @@ def test_served_entities_equal_nlp_pipe_on_the_corpus(quick_run):
     assert served == expected
 
 
+def image_section(results, name, why):
+    """A section only the image target measures: on the host it says it was not measured,
+    and the test skips (CI runs the image: test_in_ci_the_benchmark_runs_against_the_image)."""
+    section = results[name]
+    if results["meta"]["target"] != "image":
+        assert section["measured"] is False
+        pytest.skip(why)
+    return section
+
+
 def test_transform_jobs_answer_every_record_and_are_held_to_nlp_pipe(quick_run):
     _, results, _ = quick_run
-    tr = results["transform"]
-    if results["meta"]["target"] != "image":
-        assert tr["measured"] is False
-        pytest.skip("the transform job runs the image")
+    tr = image_section(results, "transform", "the transform job runs the image")
     assert len(tr["file_mb"]) == 2 and all(positive(mb) for mb in tr["file_mb"])
     for row in tr["rounds"]:
         assert set(row["jobs"]) == {"execution_parameters", "max_payload_6"}
@@ -184,17 +196,21 @@ def test_transform_jobs_answer_every_record_and_are_held_to_nlp_pipe(quick_run):
             assert job["check"]["records"] == tr["records"] > 0
             assert (job["check"]["error_lines"], job["check"]["wrong_ids"],
                     job["check"]["mismatches"]) == (0, 0, 0), job["check"]["first"]
+            # The goal's rate is over the job's inference span, inside the whole job.
+            assert 0 < job["inference_seconds"] <= job["seconds"]
+            assert job["records_per_s"] == pytest.approx(
+                tr["records"] / job["inference_seconds"], rel=0.01)
+            assert job["job_records_per_s"] == pytest.approx(
+                tr["records"] / job["seconds"], rel=0.01)
             assert job["ratio_pipe"] == pytest.approx(
                 job["records_per_s"] / row["pipe_n_docs_per_s"], rel=0.01)
+            assert job["job_ratio_pipe"] <= job["ratio_pipe"]
     assert results["correctness"]["transform"]["mismatches"] == 0
 
 
 def test_large_bodies_are_answered_line_by_line_with_their_memory(quick_run):
     _, results, _ = quick_run
-    lb = results["large_body"]
-    if results["meta"]["target"] != "image":
-        assert lb["measured"] is False
-        pytest.skip("container memory is read from the image's cgroup")
+    lb = image_section(results, "large_body", "container memory is read from the image's cgroup")
     bodies = lb["bodies"]
     assert len(bodies) == 2 and bodies[0]["body_mb"] < bodies[1]["body_mb"]
     for body in bodies:
