@@ -338,9 +338,13 @@ def settled_pss_mb(server):
     readings = []
     deadline = time.monotonic() + SETTLE_SECONDS
     while not readings or time.monotonic() < deadline:
-        readings.append(server.memory()["pss_mb"])
+        m = server.memory()
+        readings.append((m["processes"], m["pss_mb"]))
         time.sleep(SETTLE_SECONDS / 5)
-    return min(readings)
+    # A reading taken while a recycled worker's replacement is not forked yet misses a
+    # process: only readings of the whole server count.
+    whole = max(n for n, _ in readings)
+    return min(mb for n, mb in readings if n == whole)
 
 
 def second_half_growth(curve):

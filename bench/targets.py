@@ -54,14 +54,16 @@ class Server:
 
     def memory(self):
         """Summed PSS (shared pages split between their sharers), USS and RSS, in MB."""
-        pss = uss = rss = 0
-        procs = self.processes()
-        for p in procs:
-            m = p.memory_full_info()
-            pss, uss, rss = pss + m.pss, uss + m.uss, rss + m.rss
+        pss = uss = rss = counted = 0
+        for p in self.processes():
+            try:
+                m = p.memory_full_info()
+            except psutil.NoSuchProcess:  # a worker that recycled since it was listed
+                continue
+            pss, uss, rss, counted = pss + m.pss, uss + m.uss, rss + m.rss, counted + 1
         mb = 1e6
         return {"pss_mb": round(pss / mb, 1), "uss_mb": round(uss / mb, 1),
-                "rss_mb": round(rss / mb, 1), "processes": len(procs)}
+                "rss_mb": round(rss / mb, 1), "processes": counted}
 
 
 class HostServer(Server):
@@ -127,7 +129,13 @@ class ImageServer(Server):
         out = subprocess.run(["docker", "top", self.id, "-eo", "pid"], capture_output=True,
                              text=True, check=True)
         pids = [int(line) for line in out.stdout.split()[1:] if line.strip().isdigit()]
-        return [psutil.Process(pid) for pid in pids]
+        found = []
+        for pid in pids:
+            try:
+                found.append(psutil.Process(pid))
+            except psutil.NoSuchProcess:  # exited since `docker top` listed it (a recycle)
+                pass
+        return found
 
     def versions(self):
         script = ("import json, spacy, gunicorn, flask, sys; print(json.dumps({'python': "
