@@ -61,9 +61,7 @@ def goals(r):
             if "before" in r["soak"] else "")),
         ("soak: memory growth over its second half", "<= 10 MB",
          soak.get("second_half_growth_mb"), lambda v: v <= 10,
-         (f"highest summed PSS after {_soak_middle(r):,} texts against the highest before"
-          if _second_half_by_tops(soak) else
-          f"summed PSS from the sample nearest {_soak_middle(r):,} texts to the end")
+         f"highest summed PSS after {_soak_middle(r):,} texts against the highest before"
          + (f"; before: {r['soak']['before']['second_half_growth_mb']:+.0f} MB"
             if "second_half_growth_mb" in r["soak"].get("before", {}) else "")),
         ("/ping p99 with every worker busy", "<= 100 ms", r["ping_under_load_ms"]["p99"],
@@ -83,26 +81,6 @@ def goals(r):
             for g, t, v, ok, d in out]
 
 
-def _second_half_by_tops(curve):
-    """Whether a soak curve's second_half_growth_mb is the highest sample of its second half
-    against the highest of its first (bench.py since f41c88d). Runs before that took the last
-    sample against the one nearest half way, and results.json does not say which: the rule
-    that gives back the stored figure does."""
-    points, stored = curve["pss_mb"], curve.get("second_half_growth_mb")
-    middle = (points[1][0] + points[-1][0]) / 2
-    first = [mb for texts, mb in points[1:] if texts <= middle]
-    second = [mb for texts, mb in points[1:] if texts > middle]
-    return (stored is not None and bool(first) and bool(second)
-            and round(max(second) - max(first), 1) == stored)
-
-
-def _transform_spans_inference(job):
-    """Whether a transform job's records_per_s is over its inference span (TransformStartTime
-    -> TransformEndTime, bench.py since f41c88d, which also records the whole job's rate as
-    job_records_per_s) rather than over the whole job, container start included (before)."""
-    return "job_ratio_pipe" in job
-
-
 # The 200 MB body may need this much more than the 100 MB one and still count as "no
 # larger": the allocator's arenas and nginx's buffers move by a few percent between runs.
 LARGE_BODY_TOLERANCE = 0.1
@@ -119,18 +97,14 @@ def large_work_goals(r):
     for name, label in TRANSFORM_JOB_NAMES.items():
         if tr.get("measured"):
             ratios = [round(x["jobs"][name]["ratio_pipe"], 2) for x in tr["rounds"]]
-            span = ("from the first request to the last answer (TransformStartTime -> "
-                    "TransformEndTime)" if _transform_spans_inference(tr[name])
-                    else "whole job (container start included)")
             detail = (f"{tr[name]['records_per_s']:.0f} records/s, {tr['records']:,} records "
-                      f"in 2 files of {'/'.join(f'{mb:g}' for mb in tr['file_mb'])} MB, "
-                      f"{span} / nlp.pipe on {n} processes over the same records; "
+                      f"in 2 files of {'/'.join(f'{mb:g}' for mb in tr['file_mb'])} MB, from "
+                      "the first request to the last answer (TransformStartTime -> "
+                      f"TransformEndTime) / nlp.pipe on {n} processes over the same records; "
                       f"median of {len(ratios)} alternating rounds "
-                      f"({', '.join(map(str, ratios))})" + (
-                          f"; the whole job, with the container's start and stop: "
-                          f"{tr[name]['job_records_per_s']:.0f} records/s, "
-                          f"{tr[name]['job_ratio_pipe']:.2f}"
-                          if "job_ratio_pipe" in tr[name] else ""))
+                      f"({', '.join(map(str, ratios))}); the whole job, with the container's "
+                      f"start and stop: {tr[name]['job_records_per_s']:.0f} records/s, "
+                      f"{tr[name]['job_ratio_pipe']:.2f}")
         else:
             detail = tr.get("why", "not measured")
         out.append((f"transform job ({label}): records/s / in-process nlp.pipe on {n} "
@@ -226,9 +200,8 @@ def large_work_table(r):
     if tr.get("measured"):
         for name, label in TRANSFORM_JOB_NAMES.items():
             job = tr[name]
-            span = (f"the whole job, with the container's start and stop: "
-                    f"{job['job_ratio_pipe']:.2f}" if _transform_spans_inference(job)
-                    else "over the whole job, container start included")
+            span = ("the whole job, with the container's start and stop: "
+                    f"{job['job_ratio_pipe']:.2f}")
             lines.append(
                 f"| transform job, {label} | {job['records_per_s']:.0f} records/s, "
                 f"{job['ratio_pipe']:.2f} of nlp.pipe on {n} processes ({span})"
