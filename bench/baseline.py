@@ -24,7 +24,7 @@ import load
 import long_docs
 import transform
 
-BATCH = 64  # texts per batch request: the size of the batch-request goal (README)
+BATCH = 64  # texts per batch request: the size of the batch-request goal (docs/performance.md)
 
 
 def ms(values):

@@ -1,6 +1,7 @@
 """The goals against the measured figures; results.json, results.md, chart.png and
-soak.png, and the copies of the goals table in README.md and of the results in
-bench/README.md (between their markers: nobody types a figure there by hand)."""
+soak.png, and the tables of the docs that READMES names: README.md's headline figures,
+docs/performance.md's goals, docs/deploying.md's scale and large-work tables and
+bench/README.md's results (between their markers: nobody types a figure there by hand)."""
 
 import json
 import re
@@ -101,11 +102,9 @@ def large_work_goals(r):
                       "the first request to the last answer (TransformStartTime -> "
                       f"TransformEndTime) / nlp.pipe on {n} processes over the same records; "
                       f"median of {len(ratios)} alternating rounds "
-                      f"({', '.join(map(str, ratios))})" + (
-                          f"; the whole job, with the container's start and stop: "
-                          f"{tr[name]['job_records_per_s']:.0f} records/s, "
-                          f"{tr[name]['job_ratio_pipe']:.2f}"
-                          if "job_ratio_pipe" in tr[name] else ""))
+                      f"({', '.join(map(str, ratios))}); the whole job, with the container's "
+                      f"start and stop: {tr[name]['job_records_per_s']:.0f} records/s, "
+                      f"{tr[name]['job_ratio_pipe']:.2f}")
         else:
             detail = tr.get("why", "not measured")
         out.append((f"transform job ({label}): records/s / in-process nlp.pipe on {n} "
@@ -200,10 +199,12 @@ def large_work_table(r):
     tr = r.get("transform", {})
     if tr.get("measured"):
         for name, label in TRANSFORM_JOB_NAMES.items():
+            job = tr[name]
+            span = ("the whole job, with the container's start and stop: "
+                    f"{job['job_ratio_pipe']:.2f}")
             lines.append(
-                f"| transform job, {label} | {tr[name]['records_per_s']:.0f} records/s, "
-                f"{tr[name]['ratio_pipe']:.2f} of nlp.pipe on {n} processes (the whole job, "
-                f"with the container's start and stop: {tr[name].get('job_ratio_pipe', 0):.2f})"
+                f"| transform job, {label} | {job['records_per_s']:.0f} records/s, "
+                f"{job['ratio_pipe']:.2f} of nlp.pipe on {n} processes ({span})"
                 " | local-mode SDK "
                 f"`Transformer` over {tr['records']:,} records (2 files of "
                 f"{'/'.join(f'{mb:g}' for mb in tr['file_mb'])} MB); every output line "
@@ -474,8 +475,8 @@ def replace_between(path, name, text):
     path.write_text(pattern.sub(lambda _: f"{start}\n{text}\n{end}", doc, count=1))
 
 
-# Prices for the Scale section's cost of a million documents: approximate, us-east-1,
-# on-demand. ml.m5.large: README.md "What it costs" (half the third-party quote for
+# Prices for the scale table's cost of a million documents: approximate, us-east-1,
+# on-demand. ml.m5.large: docs/deploying.md "What it costs" (half the third-party quote for
 # ml.m5.xlarge, October 2025); batch transform bills the same instance-hours. Serverless:
 # SageMaker's pricing page lists compute per second per GB of memory (1 GB: $0.00002 a
 # second) and data processed ($0.016 per GB in or out). Check
@@ -534,16 +535,84 @@ def scale_table(r):
     return lines
 
 
-def update_readmes(r, root):
-    """The figures of a full run into README.md and bench/README.md."""
+def headline_table(r):
+    """README.md's few figures of the run: throughput against spaCy in-process, /ping under
+    load, memory over the soak, a large body's memory, long documents' F1, the image."""
+    m, mach, n = r["meta"], r["meta"]["machine"], r["meta"]["workers"]
+    lines = [f"From the run of {m['date']} (`bench/results/results.json`): {mach['cpu']}, "
+             f"{mach['cores']} cores shared with the load generator; target {m['target']}, "
+             f"{n} workers.", "", "| what | measured |", "|---|---|"]
+    batch, yard = _best(r["served_batch"]), r["baseline"]["pipe_n"]["docs_per_s"]
+    lines.append(f"| batch requests (`texts` of {m['corpus']['batch_size']}) | "
+                 f"{batch['docs_per_s']:.0f} docs/s, {batch['docs_per_s'] / yard:.2f} of "
+                 f"in-process `nlp.pipe` on {n} processes |")
+    limit = r["single_text_limit"]
+    lines.append(f"| one-text requests from {limit['clients']} clients | "
+                 f"{limit['served_docs_per_s']:.0f} docs/s, "
+                 f"{limit['served_docs_per_s'] / limit['limit_docs_per_s']:.2f} of the "
+                 "single-text limit (the model's `nlp.pipe` cost plus the HTTP path's alone) |")
+    ping = r["ping_under_load_ms"]
+    lines.append(f"| `/ping` with every worker busy | p99 {ping['p99']} ms over {ping['n']:,} "
+                 f"pings, {ping['non_200']} not 200 |")
+    soak = r["soak"]
+    lines.append(f"| memory over {soak['texts']:,} texts of novel words | "
+                 f"{soak['after']['growth_mb']:+.0f} MB (summed PSS, after a warm-up of "
+                 f"{soak['warmup_texts']:,} texts)"
+                 + (f"; the earlier image `{r['before_after']['before_image']}`: "
+                    f"{soak['before']['growth_mb']:+.0f} MB"
+                    if "before" in soak and r.get("before_after") else "") + " |")
+    lb = r.get("large_body", {})
+    if lb.get("measured"):
+        b = lb["bodies"][-1]
+        lines.append(f"| a JSON Lines body of {b['body_mb']:g} MB | peak memory above idle "
+                     f"{b['peak_anon_above_idle_mb']:.0f} MB anon "
+                     f"({b['anon_over_body']:.2f}x the body) |")
+    docs = r.get("long_documents", {}).get("documents", [])
+    if docs:
+        sizes = " and ".join(f"{d['chars']:,}" for d in docs)
+        f1 = " and ".join(str(d["f1"]) for d in docs)
+        against = " and ".join("the whole document in one call" if d["reference"] == "whole"
+                               else "each paragraph alone" for d in docs)
+        lines.append(f"| long documents of {sizes} characters | F1 {f1} against spaCy on "
+                     f"{against}, {sum(d['wrong_offsets'] for d in docs)} wrong offsets |")
+    lines.append(f"| image size | {r['image']['size_mb']:.0f} MB |" if r["image"] else
+                 "| image size | not measured (host target) |")
+    return lines
+
+
+def goals_header(r):
     m, mach = r["meta"], r["meta"]["machine"]
-    header = (f"From the run of {m['date']} (`bench/results/results.json`), on {mach['cpu']}, "
-              f"{mach['cores']} cores, {mach['memory_gb']} GiB; target {m['target']}, "
-              f"{m['workers']} workers; the load generator shares the server's cores.")
-    replace_between(root / "README.md", "goals", "\n".join([header, "", *goals_table(r)]))
-    replace_between(root / "README.md", "scale", "\n".join(scale_table(r)))
-    replace_between(root / "README.md", "large-work", "\n".join(large_work_table(r)))
-    replace_between(root / "bench" / "README.md", "results", markdown(r))
+    return (f"From the run of {m['date']} (`bench/results/results.json`), on {mach['cpu']}, "
+            f"{mach['cores']} cores, {mach['memory_gb']} GiB; target {m['target']}, "
+            f"{m['workers']} workers; the load generator shares the server's cores.")
+
+
+# Where a full run writes its tables: marker name -> the file, relative to the repository
+# root, that holds <!-- bench:NAME:start --> ... <!-- bench:NAME:end -->.
+# tests/test_docs.py checks each pair is in its file exactly once.
+READMES = {
+    "headline": "README.md",
+    "goals": "docs/performance.md",
+    "scale": "docs/deploying.md",
+    "large-work": "docs/deploying.md",
+    "results": "bench/README.md",
+}
+
+
+def readme_tables(r):
+    """{marker name: the text between its markers}, one for each of READMES."""
+    return {"headline": "\n".join(headline_table(r)),
+            "goals": "\n".join([goals_header(r), "", *goals_table(r)]),
+            "scale": "\n".join(scale_table(r)),
+            "large-work": "\n".join(large_work_table(r)),
+            "results": markdown(r)}
+
+
+def update_readmes(r, root):
+    """The figures of a full run into the files READMES names."""
+    tables = readme_tables(r)
+    for name, path in READMES.items():
+        replace_between(Path(root) / path, name, tables[name])
 
 
 def write(r, out, readmes_root=None):

@@ -7,7 +7,7 @@
 #
 # MODEL_DIR: a spaCy pipeline folder (or a folder holding one) served instead of the baked
 # model; mounted read-only at /opt/ml/model, where SageMaker unpacks ModelDataUrl. On the
-# host it becomes SM_MODEL_DIR. The server's settings (README) pass through when set.
+# host it becomes SM_MODEL_DIR. The server's settings (docs/settings.md) pass through when set.
 set -euo pipefail
 
 die() { echo "serve.sh: $*" >&2; exit 1; }
@@ -16,7 +16,7 @@ die() { echo "serve.sh: $*" >&2; exit 1; }
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 image=${IMAGE:-spacy-ner-sagemaker:local}
 port=${PORT:-8080}
-# The server's settings (README "Settings"), passed into the container when set here.
+# The server's settings (docs/settings.md), passed into the container when set here.
 settings=(SAGEMAKER_BIND_TO_PORT MODEL_SERVER_WORKERS SAGEMAKER_MODEL_SERVER_WORKERS
     MODEL_SERVER_TIMEOUT SAGEMAKER_MODEL_SERVER_TIMEOUT MODEL_SERVER_THREADS
     MODEL_SERVER_BATCH_CHARACTERS SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT

@@ -185,7 +185,7 @@ def poll_ping(container, until, timeout):
 
 def test_ping_says_503_once_every_gunicorn_process_is_stopped_and_200_once_resumed(
         start_container):
-    """MODEL_SERVER_HEALTH_SECONDS at its default of 10 s, as the README documents: 503
+    """MODEL_SERVER_HEALTH_SECONDS at its default of 10 s, as docs/settings.md documents: 503
     within that and serve's half-second reading of the heartbeats."""
     container = start_container()
     stopped = gunicorn_processes(container, signal.SIGSTOP)

@@ -119,13 +119,15 @@ def load(settings):
 
 
 def warm_tokenizer(nlp, chunk=5000):
-    """Fill the tokenizer's cache with every word the pipeline's StringStore holds.
+    """Fill the tokenizer's cache from the words the pipeline's StringStore holds.
 
     Requests run inside nlp.memory_zone() (batcher.py), where spaCy does not add to the
     tokenizer cache, so whatever is cached now is all the cache will ever hold. The
-    model's own vocabulary (about 84,000 strings for en_core_web_sm) is the best guess of
-    the words that will come. This runs once, in gunicorn's master before the fork, so
-    every worker shares the cache. Returns (words, seconds).
+    model's own vocabulary (about 84,000 words for en_core_web_sm) is the best guess of
+    the words that will come. All of it is tokenized, but the cache keeps only what fits
+    in its max_cache_size (spaCy's default: 10,000 entries), the first words tokenized.
+    This runs once, in gunicorn's master before the fork, so every worker shares the
+    cache. Returns (words tokenized, seconds).
     """
     started = time.perf_counter()
     words = [s for s in nlp.vocab.strings if 0 < len(s) < 50 and s.isprintable()

@@ -1,9 +1,9 @@
 """Long texts in pieces: split a document past the chunk size, put its entities back.
 
 spaCy refuses a text longer than nlp.max_length, and the memory it needs for one Doc grows
-with its length. A text longer than SPACY_CHUNK_CHARACTERS is therefore cut into pieces
-no longer than that, and each piece is one more text in the same merged nlp.pipe call as
-everything else (batcher.py). Entity offsets are shifted back onto the original text, so
+with its length. A text longer than MODEL_SERVER_CHUNK_CHARACTERS is therefore cut into
+pieces no longer than that, and each piece is one more text in the same merged nlp.pipe call
+as everything else (batcher.py). Entity offsets are shifted back onto the original text, so
 text[start:end] is the entity's text, as for a text run whole.
 
 Where to cut, best first:

@@ -4,7 +4,7 @@
 container with one clear log line instead of a 500 an hour later. Each setting's default
 and allowed range is written once, in `from_env`. The result is one frozen `Settings`
 that wsgi.py hands to model.load and predictor.create_app; nothing else reads the
-environment. README.md lists these settings in one table; keep the two in step.
+environment. docs/settings.md lists these settings in one table; keep the two in step.
 """
 
 import logging
