@@ -75,8 +75,10 @@ LOAD_SECONDS = 300
 # A model's serve stops within its own shutdown budget (serve's SHUTDOWN_SECONDS); after
 # this its processes are killed.
 UNLOAD_SECONDS = 30
-# How often a waiting load looks at the model's files and at the free memory.
+# How often a waiting load looks at the model's files and at the free memory, and every
+# how many of those it also adds up its processes' memory (a walk over /proc).
 POLL_SECONDS = 0.05
+PEAK_EVERY = 5
 
 # The estimate of a model's memory before it is loaded: a first guess at a model's
 # process tree (its serve, a gunicorn master holding Python, spaCy and the pipeline, and
@@ -194,8 +196,8 @@ def folder_bytes(path):
 class Estimator:
     """How much memory a model will take, from its size on disk, corrected by loads.
 
-    A load's real use (the PSS of its process tree once it is ready) over the first guess
-    is a correction; the largest of the last few applies to later guesses, so one model
+    A load's real use (the highest PSS of its process tree while it loaded, or once it was
+    ready) over the first guess is a correction; the largest of the last few applies to later guesses, so one model
     bigger in memory than its files suggest makes the next guesses larger too. The growth a
     worker may reach before it is recycled (MODEL_SERVER_RECYCLE_MB) is added on top.
     """
@@ -481,7 +483,11 @@ class Manager:
     def _wait_loaded(self, entry):
         """Until the model's serve says ready; ApiError for a load that fails."""
         deadline = entry.started + LOAD_SECONDS
+        peak, polls = 0, 0
         while not os.path.exists(entry.ready_path):
+            polls += 1
+            if polls % PEAK_EVERY == 0:  # what the estimate is for: the load's highest use
+                peak = max(peak, pss_bytes(session_pids(entry.proc.pid)))
             if entry.proc.poll() is not None:
                 raise self._failure(entry)
             if time.monotonic() > deadline:
@@ -496,11 +502,12 @@ class Manager:
                     "before the kernel's OOM killer had to act; unload a model"))
             time.sleep(POLL_SECONDS)
         used = pss_bytes(session_pids(entry.proc.pid))
-        self.estimator.observe(entry.disk_bytes, self.workers, used)
+        self.estimator.observe(entry.disk_bytes, self.workers, max(peak, used))
         with self.lock:
             entry.state = "ready"
-        log.info("model %s loaded in %.1f s, using %d MB (estimated %d MB)", entry.name,
-                 time.monotonic() - entry.started, used // MIB, entry.estimate // MIB)
+        log.info("model %s loaded in %.1f s, using %d MB (at most %d MB while loading; "
+                 "estimated %d MB)", entry.name, time.monotonic() - entry.started,
+                 used // MIB, max(peak, used) // MIB, entry.estimate // MIB)
 
     def _failure(self, entry):
         """The ApiError for a model's serve that exited before it was ready."""
