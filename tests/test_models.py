@@ -355,6 +355,18 @@ def test_loads_of_different_models_run_at_once_and_a_loading_name_is_409(manager
     assert {n: a[0] for n, a in answers.items()} == {"a": 200, "b": 200}
 
 
+def test_a_load_of_a_name_being_unloaded_waits_for_the_unload(manager, tmp_path):
+    url = model_dir(tmp_path, "m")
+    load(manager, "m", url)
+    entry = manager.table["m"]
+    entry.state = "unloading"  # as unload() leaves it while the model's serve stops
+    finishing = threading.Timer(0.3, manager._stop, ([entry], 0))
+    finishing.start()
+    assert load(manager, "m", url)[0] == 200  # not 409
+    finishing.join()
+    assert manager.table["m"] is not entry and manager.table["m"].state == "ready"
+
+
 def test_a_model_whose_process_exits_on_its_own_is_dropped(manager, tmp_path):
     load(manager, "m", model_dir(tmp_path, "m"))
     manager.table["m"].proc.send_signal(signal.SIGKILL)

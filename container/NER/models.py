@@ -389,6 +389,7 @@ class Manager:
         check_name(name, self.models_dir)
         if not isinstance(url, str) or not os.path.isabs(url):
             raise ApiError(400, "bad_request", f"url must be an absolute path, got {url!r}")
+        self._wait_unloaded(name)
         with self.lock:
             self._check_free_name(name)
         pipeline = self._find_pipeline(url)
@@ -450,6 +451,17 @@ class Manager:
         self._stop(entries, deadline)
 
     # The steps.
+
+    def _wait_unloaded(self, name):
+        """A model of that name being unloaded (SageMaker may load it again at once, say
+        with new files): wait until it is gone, so that the load is not refused."""
+        deadline = time.monotonic() + UNLOAD_SECONDS
+        while time.monotonic() < deadline:
+            with self.lock:
+                entry = self.table.get(name)
+                if entry is None or entry.state != "unloading":
+                    return
+            time.sleep(POLL_SECONDS)
 
     def _check_free_name(self, name):
         """ApiError 409 when the name is taken, by a model loaded, loading or unloading;
