@@ -441,7 +441,8 @@ class Manager:
                           "answer 404 until it is loaded again", entry.name,
                           entry.proc.returncode)
                 self._end(entry)
-        reap_orphans({e.proc.pid for e in entries if e.proc})
+        if os.getpid() == 1:  # elsewhere, orphans go to init (or a subreaper), not here
+            reap_orphans({e.proc.pid for e in entries if e.proc})
 
     def stop_all(self, deadline):
         with self.lock:
