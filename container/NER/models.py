@@ -431,8 +431,9 @@ class Manager:
 
     # What serve's supervisor calls.
 
-    def reap(self):
-        """Drop the models whose processes have ended on their own; collect orphans."""
+    def reap(self, children=()):
+        """Drop the models whose processes have ended on their own; collect orphans, none
+        of `children` (the caller's own, which it waits for itself)."""
         with self.lock:
             entries = list(self.table.values())
         for entry in entries:
@@ -442,7 +443,7 @@ class Manager:
                           entry.proc.returncode)
                 self._end(entry)
         if os.getpid() == 1:  # elsewhere, orphans go to init (or a subreaper), not here
-            reap_orphans({e.proc.pid for e in entries if e.proc})
+            reap_orphans({e.proc.pid for e in entries if e.proc} | set(children))
 
     def stop_all(self, deadline):
         with self.lock:
