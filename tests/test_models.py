@@ -170,12 +170,13 @@ def test_pages_follow_on_from_the_token():
 def test_a_model_runs_with_its_own_folder_and_workers_and_the_settings_accept_that():
     environ = {"SAGEMAKER_MULTI_MODEL": "true", "SAGEMAKER_MODEL_SERVER_WORKERS": "4",
                "SPACY_MODEL": "en_core_web_sm", "MODEL_SERVER_TIMEOUT": "30"}
-    env = models.model_env(environ, "/opt/ml/models/m/model", "/opt/ml/models/m/model/p",
-                           2, "/run/m/failure.json")
+    env = models.model_env(environ, "m", "/opt/ml/models/m/model",
+                           "/opt/ml/models/m/model/p", 2, "/run/m/failure.json")
     s = Settings.from_env(env, cpus=lambda: 8)
     assert (s.multi_model, s.workers, s.model_dir, s.spacy_model, s.timeout) == (
         False, 2, "/opt/ml/models/m/model", "/opt/ml/models/m/model/p", 30)
     assert env["NER_MODEL_FAILURE_FILE"] == "/run/m/failure.json"
+    assert env["NER_LOG_TAG"] == "model=m"  # on every log line of the model's processes
 
 
 def test_connections_in_flight_counts_accepted_and_waiting_ones(tmp_path):

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 
 import model as pipelines
 from protocol import ApiError, dumps, error_body
+from settings import LOG_TAG_ENV
 
 log = logging.getLogger("ner.models")
 
@@ -267,7 +268,7 @@ def reap_orphans(known, proc="/proc"):
                     pass
 
 
-def model_env(environ, url, pipeline, workers, failure_file):
+def model_env(environ, name, url, pipeline, workers, failure_file):
     """A model's serve's environment: the container's, with the one model to load."""
     env = {k: v for k, v in environ.items()
            # Aliases would disagree with the workers set here (settings.py refuses that).
@@ -278,7 +279,8 @@ def model_env(environ, url, pipeline, workers, failure_file):
                 # stand in for it.
                 "SPACY_MODEL": pipeline,
                 "MODEL_SERVER_WORKERS": str(workers),
-                pipelines.FAILURE_FILE_ENV: failure_file})
+                pipelines.FAILURE_FILE_ENV: failure_file,
+                LOG_TAG_ENV: f"model={name}"})
     return env
 
 
@@ -487,7 +489,8 @@ class Manager:
         shutil.rmtree(entry.folder, ignore_errors=True)  # a leftover of an earlier one
         os.mkdir(entry.folder)
         os.chmod(entry.folder, 0o755)
-        env = model_env(os.environ, entry.url, pipeline, self.workers, entry.failure_path)
+        env = model_env(os.environ, entry.name, entry.url, pipeline, self.workers,
+                        entry.failure_path)
         # A session of its own: every process of the model is found (and ended) by it.
         entry.proc = subprocess.Popen([*self.command, entry.folder], env=env,
                                       start_new_session=True)

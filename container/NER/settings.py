@@ -222,10 +222,17 @@ class Settings:
         )
 
 
+# Set by the model manager of a multi-model endpoint (models.py) in a model's
+# environment: a word every log line of that model's processes carries (model=<name>).
+LOG_TAG_ENV = "NER_LOG_TAG"
+
+
 def configure_logging(level):
     """One line per record on stderr, which Docker and CloudWatch pick up unbuffered."""
+    tag = os.environ.get(LOG_TAG_ENV, "").replace("%", "%%")
     logging.basicConfig(
         level=level,
-        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(process)d %(levelname)s %(name)s"
+               + (f" {tag}" if tag else "") + ": %(message)s",
         force=True,
     )
