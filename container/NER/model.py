@@ -7,13 +7,17 @@ Where the model comes from, first match wins:
 3. SPACY_DEFAULT_MODEL: the pipeline baked into the image.
 """
 
+import json
 import logging
 import os
 import time
 
-import spacy
-
 log = logging.getLogger("ner.model")
+
+# Set by the model manager of a multi-model endpoint (models.py) in a model's
+# environment: where wsgi.py writes why the model could not be loaded, for the manager to
+# answer its load request with.
+FAILURE_FILE_ENV = "NER_MODEL_FAILURE_FILE"
 
 
 class ModelError(RuntimeError):
@@ -88,6 +92,8 @@ def load(settings):
                 f"model path {name} (from {source}) is not a spaCy pipeline: "
                 "no config.cfg and meta.json"
             )
+    import spacy  # here, not above: the model manager finds pipelines without spaCy
+
     try:
         nlp = spacy.load(name)
     except Exception as e:  # spaCy raises OSError, ValueError, catalogue errors...
@@ -116,6 +122,20 @@ def load(settings):
         name, source, ",".join(nlp.pipe_names), ",".join(labels), warmed, seconds,
     )
     return nlp
+
+
+def report_failure(code, message):
+    """Tell the model manager (FAILURE_FILE_ENV) why this model cannot be served, as
+    {"code", "message"}; nothing when the server runs one model."""
+    path = os.environ.get(FAILURE_FILE_ENV)
+    if not path:
+        return
+    try:
+        with open(f"{path}.new", "w") as f:
+            json.dump({"code": code, "message": message}, f)
+        os.replace(f"{path}.new", path)  # whole or not at all
+    except OSError as e:
+        log.warning("cannot write %s: %s", path, e)
 
 
 def warm_tokenizer(nlp, chunk=5000):

@@ -33,6 +33,8 @@ log = logging.getLogger("ner.predictor")
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 # The id SageMaker gives each invocation; the request's log line carries it.
 INFERENCE_ID = "X-Amzn-SageMaker-Inference-Id"
+# A multi-model endpoint's invocation names its TargetModel here, for the log line.
+TARGET_MODEL = "X-Amzn-SageMaker-Target-Model"
 # /execution-parameters suggests a MaxPayloadInMB that one worker runs in this share of
 # MODEL_SERVER_TIMEOUT: room for texts slower than the calibration's, and for a worker
 # that shares its core with the requests merged beside the mini-batch.
@@ -249,6 +251,8 @@ def create_app(nlp, settings):
             return response
         words = {"id": request.headers.get(INFERENCE_ID, "-"),
                  "part": PART_HEADER in request.headers, "status": response.status_code}
+        if TARGET_MODEL in request.headers:  # a multi-model endpoint's (models.py)
+            words["target"] = request.headers[TARGET_MODEL].replace(" ", "%20")
         invocation = g.invocation
 
         def write():

@@ -133,6 +133,8 @@ class Settings:
     full_pipeline: bool
     log_level: str
     recycle_mb: int
+    multi_model: bool
+    workers_per_model: int
 
     @property
     def max_payload_bytes(self):
@@ -204,13 +206,33 @@ class Settings:
             # glibc keeps more free): a limit below it replaces the worker at that step, so
             # the server's memory stays near its start instead of climbing step by step.
             recycle_mb=e.int("MODEL_SERVER_RECYCLE_MB", 16, 0, 1_000_000),
+            # SageMaker sets this on a multi-model endpoint (the image's label says it
+            # may): serve then loads no model itself, and loads and unloads models as
+            # SageMaker asks on /models (models.py).
+            multi_model=e.bool("SAGEMAKER_MULTI_MODEL", False),
+            # A multi-model endpoint's gunicorn workers per loaded model (its
+            # MODEL_SERVER_WORKERS; MODEL_SERVER_WORKERS itself is not used there). The
+            # weights are loaded once per model and shared by its workers, but each worker
+            # adds its own private memory to every loaded model, which means fewer models
+            # fit; and one worker runs one model call at a time, so one busy model uses at
+            # most this many cores. 1 packs the most models, which is what a multi-model
+            # endpoint is for; the cores still go to whichever models are busy. Raise it for
+            # few models with heavy traffic each.
+            workers_per_model=e.int("MODEL_SERVER_WORKERS_PER_MODEL", 1, 1, 256),
         )
+
+
+# Set by the model manager of a multi-model endpoint (models.py) in a model's
+# environment: a word every log line of that model's processes carries (model=<name>).
+LOG_TAG_ENV = "NER_LOG_TAG"
 
 
 def configure_logging(level):
     """One line per record on stderr, which Docker and CloudWatch pick up unbuffered."""
+    tag = os.environ.get(LOG_TAG_ENV, "").replace("%", "%%")
     logging.basicConfig(
         level=level,
-        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(process)d %(levelname)s %(name)s"
+               + (f" {tag}" if tag else "") + ": %(message)s",
         force=True,
     )
