@@ -3,8 +3,8 @@ serve`, the models mounted under /opt/ml/models as SageMaker unpacks them there
 (/opt/ml/models/<name>/model), loaded and unloaded through /models as SageMaker does it
 (models.py). The manager's own logic, without a server, is tests/test_models.py.
 
-DRAFT: written without a Docker engine to run it on (TODO: run on the image, fix what
-fails, and adjust the memory figures of test_a_load_that_does_not_fit_the_memory_limit).
+Still to come (issue 15): the English and French pipelines beside the tiny one, and the
+memory limit of test_a_load_that_does_not_fit_the_memory_limit sized from measured loads.
 """
 
 import json
