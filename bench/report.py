@@ -86,6 +86,7 @@ def goals(r):
 LARGE_BODY_TOLERANCE = 0.1
 TRANSFORM_JOB_NAMES = {"execution_parameters": "MaxPayloadInMB from /execution-parameters",
                        "max_payload_6": "MaxPayloadInMB=6"}
+TRANSFORM_GOAL_JOB = "execution_parameters"  # the notebook's settings
 
 
 def large_work_goals(r):
@@ -94,22 +95,25 @@ def large_work_goals(r):
     n = r["meta"]["workers"]
     out = []
     tr = r.get("transform", {})
-    for name, label in TRANSFORM_JOB_NAMES.items():
-        if tr.get("measured"):
-            ratios = [round(x["jobs"][name]["ratio_pipe"], 2) for x in tr["rounds"]]
-            detail = (f"{tr[name]['records_per_s']:.0f} records/s, {tr['records']:,} records "
-                      f"in 2 files of {'/'.join(f'{mb:g}' for mb in tr['file_mb'])} MB, from "
-                      "the first request to the last answer (TransformStartTime -> "
-                      f"TransformEndTime) / nlp.pipe on {n} processes over the same records; "
-                      f"median of {len(ratios)} alternating rounds "
-                      f"({', '.join(map(str, ratios))}); the whole job, with the container's "
-                      f"start and stop: {tr[name]['job_records_per_s']:.0f} records/s, "
-                      f"{tr[name]['job_ratio_pipe']:.2f}")
-        else:
-            detail = tr.get("why", "not measured")
-        out.append((f"transform job ({label}): records/s / in-process nlp.pipe on {n} "
-                    "processes", ">= 0.9", tr[name]["ratio_pipe"] if tr.get("measured")
-                    else None, lambda v: v >= 0.9, detail))
+    # The goal is the notebook's job's; large_work_table shows the 6 MB one beside it.
+    name = TRANSFORM_GOAL_JOB
+    label = TRANSFORM_JOB_NAMES[name]
+    if tr.get("measured"):
+        ratios = [round(x["jobs"][name]["ratio_pipe"], 2) for x in tr["rounds"]]
+        detail = (f"{tr[name]['records_per_s']:.0f} records/s, {tr['records']:,} records "
+                  f"in 2 files of {'/'.join(f'{mb:g}' for mb in tr['file_mb'])} MB, from "
+                  "the first request to the last answer (TransformStartTime -> "
+                  f"TransformEndTime) / nlp.pipe on {n} processes over the same records; "
+                  f"median of {len(ratios)} alternating rounds "
+                  f"({', '.join(map(str, ratios))}); the whole job, with the container's "
+                  f"start and stop: {tr[name]['job_records_per_s']:.0f} records/s, "
+                  f"{tr[name]['job_ratio_pipe']:.2f}; local mode made the mini-batches "
+                  f"in {tr[name]['batching_seconds']:.1f} s of it")
+    else:
+        detail = tr.get("why", "not measured")
+    out.append((f"transform job ({label}): records/s / in-process nlp.pipe on {n} "
+                "processes", ">= 0.9", tr[name]["ratio_pipe"] if tr.get("measured")
+                else None, lambda v: v >= 0.9, detail))
     lb = r.get("large_body", {})
     bodies = lb.get("bodies") if lb.get("measured") else None
     small, large = (bodies[0], bodies[-1]) if bodies else (None, None)
@@ -201,7 +205,9 @@ def large_work_table(r):
         for name, label in TRANSFORM_JOB_NAMES.items():
             job = tr[name]
             span = ("the whole job, with the container's start and stop: "
-                    f"{job['job_ratio_pipe']:.2f}")
+                    f"{job['job_ratio_pipe']:.2f}; local mode spent "
+                    f"{job['batching_seconds']:.1f} s making mini-batches, while the server "
+                    f"waited: {job['serving_ratio_pipe']:.2f} without that")
             lines.append(
                 f"| transform job, {label} | {job['records_per_s']:.0f} records/s, "
                 f"{job['ratio_pipe']:.2f} of nlp.pipe on {n} processes ({span})"

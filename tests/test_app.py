@@ -184,13 +184,23 @@ def test_execution_parameters_describe_batch_transform(client):
     (100_000, {"SAGEMAKER_BATCH": "true", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "6"}, 6),
     # A real-time timeout: 100,000 x 60 x 0.5 = 3,000,000 characters: 2 MiB.
     (100_000, {}, 2),
-    # A slow pipeline still gets 1 MB, the least a transform job can ask for.
-    (1_000, {}, 1),
+    # A slow pipeline: not even 1 MB.
+    (1_000, {}, 0),
 ])
-def test_the_suggested_payload_is_what_one_worker_runs_in_half_the_timeout(rate, env,
-                                                                            expected):
+def test_the_payload_within_the_timeout_is_what_one_worker_runs_in_half_of_it(rate, env,
+                                                                               expected):
     settings = Settings.from_env({"MODEL_SERVER_WORKERS": "2", **env})
-    assert predictor.suggested_payload_mb(rate, settings) == expected
+    assert predictor.payload_within_timeout_mb(rate, settings) == expected
+
+
+@pytest.mark.parametrize("rate,env", [
+    (100_000, {"SAGEMAKER_BATCH": "true"}),  # 28 MB would fit
+    (100_000, {}),  # 2 MB would fit
+    (1_000, {}),  # not even 1 MB fits: 1 MB, the least a job can ask for
+])
+def test_the_suggested_payload_is_the_small_one_whatever_fits(rate, env):
+    settings = Settings.from_env({"MODEL_SERVER_WORKERS": "2", **env})
+    assert predictor.suggested_payload_mb(rate, settings) == predictor.SUGGESTED_MAX_PAYLOAD_MB == 1
 
 
 @pytest.fixture(scope="module")

@@ -205,6 +205,13 @@ def test_transform_jobs_answer_every_record_and_are_held_to_nlp_pipe(quick_run):
             assert job["ratio_pipe"] == pytest.approx(
                 job["records_per_s"] / row["pipe_n_docs_per_s"], rel=0.01)
             assert job["job_ratio_pipe"] <= job["ratio_pipe"]
+            # Local mode's own time making mini-batches is inside the span, and the
+            # ratio without it is the larger.
+            assert 0 <= job["batching_seconds"] < job["inference_seconds"]
+            assert job["serving_ratio_pipe"] >= job["ratio_pipe"]
+        # The notebook's job took the server's suggestion.
+        assert row["jobs"]["execution_parameters"]["max_payload_mb"] == 1
+        assert row["jobs"]["max_payload_6"]["max_payload_mb"] == 6
     assert results["correctness"]["transform"]["mismatches"] == 0
 
 

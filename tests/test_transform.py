@@ -3,7 +3,7 @@ SDK) runs the real image over two JSON Lines files of 8 MB each, as a job on AWS
 send them (SplitType=Line, MultiRecord, AssembleWith=Line).
 
 Once with MaxPayloadInMB=6 (the real-time limit, what most examples set) and once with
-nothing set, so that /execution-parameters decides (what the notebook does). Local mode
+nothing set, so that /execution-parameters decides (what the notebook does: 1 MB). Local mode
 writes whatever the container answers into the output, error bodies included, and still
 says Completed: so every output line is checked, against its input line.
 """
@@ -19,6 +19,7 @@ from harness.servers import host_env
 
 sys.path.insert(0, str(ROOT / "bench"))
 import corpus  # noqa: E402
+from predictor import SUGGESTED_MAX_PAYLOAD_MB  # noqa: E402
 
 NOTEBOOK_PYTHON = ROOT / ".venv-notebook" / "bin" / "python"
 DRIVER = ROOT / "tests" / "transform_job.py"
@@ -83,7 +84,11 @@ def test_a_transform_job_of_two_8_mb_files_answers_every_record(docker, image, i
         if started:
             subprocess.run([docker, "rm", "-f", *started], capture_output=True)
     assert result.returncode == 0, result.stderr[-6000:]
-    assert json.loads(result.stdout.splitlines()[-1])["status"] == "Completed"
+    ran = json.loads(result.stdout.splitlines()[-1])
+    assert ran["status"] == "Completed"
+    # Without a MaxPayloadInMB of the job's own, local mode took the server's suggestion
+    # (/execution-parameters: one worker's worth, made quickly).
+    assert ran["max_payload_mb"] == job.get("MaxPayloadInMB", SUGGESTED_MAX_PAYLOAD_MB)
 
     sample_texts, sample_answers = [], []
     for name, inputs_of_file in records.items():

@@ -1,7 +1,8 @@
 """A batch transform job run by the SageMaker SDK's local mode (v2) against an image, as
 test_transform.py and the benchmark run it. It runs under .venv-notebook's Python, where
 the SDK lives (it is not in the test environment), and prints one JSON line: the job's
-status and its seconds.
+status, its seconds, the seconds local mode spent making mini-batches, and the
+MaxPayloadInMB it made them for.
 
 usage: transform_job.py IMAGE INPUT_DIR OUTPUT_DIR JOB_JSON
 JOB_JSON: extra create_transform_job arguments, e.g. {"MaxPayloadInMB": 6}; {} leaves
@@ -24,6 +25,33 @@ import boto3
 
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
 from sagemaker.local import LocalSession  # noqa: E402
+from sagemaker.local.data import MultiRecordStrategy  # noqa: E402
+
+
+class Batching:
+    """The seconds local mode spends making mini-batches (reading a file and adding its
+    records to a string, one at a time, up to MaxPayloadInMB), while the container waits,
+    and the MaxPayloadInMB it made them for: MultiRecordStrategy.pad, timed whole."""
+
+    seconds = 0.0
+    max_payload_mb = None
+
+
+def _timed(pad):
+    def timed_pad(strategy, file, size=6):
+        Batching.max_payload_mb = size
+        batches = pad(strategy, file, size)
+        while True:
+            started = time.perf_counter()
+            batch = next(batches, None)
+            Batching.seconds += time.perf_counter() - started
+            if batch is None:
+                return
+            yield batch
+    return timed_pad
+
+
+MultiRecordStrategy.pad = _timed(MultiRecordStrategy.pad)
 
 
 def main(image, input_dir, output_dir, job):
@@ -63,7 +91,8 @@ def main(image, input_dir, output_dir, job):
     # container's start and stop.
     inference = (described["TransformEndTime"] - described["TransformStartTime"]).total_seconds()
     print(json.dumps({"status": described["TransformJobStatus"], "seconds": seconds,
-                      "inference_seconds": inference}))
+                      "inference_seconds": inference, "batching_seconds": Batching.seconds,
+                      "max_payload_mb": Batching.max_payload_mb}))
 
 
 if __name__ == "__main__":

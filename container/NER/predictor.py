@@ -42,6 +42,13 @@ PAYLOAD_SHARE_OF_TIMEOUT = 0.5
 # SageMaker's limits on a transform job: MaxPayloadInMB at most 100, and
 # MaxPayloadInMB x MaxConcurrentTransforms at most 100 MB.
 TRANSFORM_MAX_PAYLOAD_MB = 100
+# /execution-parameters suggests no more than this, the least a job can ask for, however
+# fast the workers: a mini-batch is made before it is sent, and the SageMaker Python SDK's local mode makes it
+# by adding one record at a time to a string, so its time grows with the square of the
+# payload while the server waits with nothing to do. Small mini-batches also mean little
+# to retry when one fails. A 1 MB request still holds thousands of records, seconds of a
+# worker's time beside which one HTTP round trip is nothing, and fans out to every worker.
+SUGGESTED_MAX_PAYLOAD_MB = 1
 # The same codes nginx.conf uses for the errors it answers itself.
 HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
@@ -50,16 +57,23 @@ def _json_response(status, body):
     return Response(dumps(body), status=status, mimetype=JSON)
 
 
-def suggested_payload_mb(rate, settings):
-    """The MaxPayloadInMB /execution-parameters suggests: what one worker runs in
-    PAYLOAD_SHARE_OF_TIMEOUT of the timeout at `rate` characters a second. A JSON Lines
-    byte carries at most one character, so that many MB hold at most that many
-    characters; within what this server accepts and what SageMaker allows."""
+def payload_within_timeout_mb(rate, settings):
+    """The most MB of JSON Lines that one worker runs in PAYLOAD_SHARE_OF_TIMEOUT of the
+    timeout at `rate` characters a second (a JSON Lines byte carries at most one
+    character, so that many MB hold at most that many characters), within what this
+    server accepts and what SageMaker allows for the workers' concurrent requests."""
     mb = math.floor(rate * settings.timeout * PAYLOAD_SHARE_OF_TIMEOUT / (1024 * 1024))
     cap = TRANSFORM_MAX_PAYLOAD_MB // settings.workers
     if settings.max_payload_mb:
         cap = min(cap, settings.max_payload_mb)
-    return max(1, min(mb, cap))
+    return min(mb, cap)
+
+
+def suggested_payload_mb(rate, settings):
+    """The MaxPayloadInMB /execution-parameters suggests: SUGGESTED_MAX_PAYLOAD_MB, or
+    less where less is what fits in the timeout, but never under 1 MB, the least a job
+    can ask for (create_app warns when even that does not fit)."""
+    return max(1, min(SUGGESTED_MAX_PAYLOAD_MB, payload_within_timeout_mb(rate, settings)))
 
 
 def _before(deadline, groups):
@@ -119,8 +133,14 @@ def create_app(nlp, settings):
     rate = characters_per_second(nlp)
     app.extensions["characters_per_second"] = rate
     chunk = min(settings.chunk_characters, nlp.max_length)
-    log.info("one worker runs about %.0f characters a second; /execution-parameters "
-             "suggests MaxPayloadInMB=%d", rate, suggested_payload_mb(rate, settings))
+    fits = payload_within_timeout_mb(rate, settings)
+    log.info("one worker runs about %.0f characters a second: %d MB of JSON Lines in half "
+             "of MODEL_SERVER_TIMEOUT; /execution-parameters suggests MaxPayloadInMB=%d",
+             rate, fits, suggested_payload_mb(rate, settings))
+    if fits < 1:
+        log.warning("one worker cannot run a 1 MB mini-batch (the least a transform job "
+                    "sends) in half of MODEL_SERVER_TIMEOUT=%d s; raise it, or such "
+                    "requests may be refused as too_large_for_timeout", settings.timeout)
 
     def entities(texts, invocation, share=True):
         """Entity records per text, a long text cut into pieces and put back together;
