@@ -24,7 +24,7 @@ import predictor
 from batcher import Batcher
 from bad_requests import check_error
 from conftest import PLUGINS, TRAIN, wait_until
-from fanout import PART_HEADER
+from fanout import MIN_PART_CHARACTERS, PART_HEADER, PARTS_PER_WORKER, Fanout
 from settings import Settings
 
 import ner_test_components as components  # noqa: E402 (conftest puts PLUGINS on the path)
@@ -405,3 +405,19 @@ def test_a_worker_stuck_in_the_model_is_replaced(serve_with_plugins):
     assert [e["text"] for e in answer.json()["entities"]] == ["Alice", "Acme", "Paris"]
     assert "the model is stuck" in server.logs()
     assert server.proc.poll() is None, "serve itself must keep running"
+
+
+@pytest.mark.parametrize("workers,characters,expected", [
+    # A 1 MB mini-batch on 2 workers: 16 parts, not 7 of a whole merged call each.
+    (2, 700_000, 700_000 // (2 * PARTS_PER_WORKER)),
+    # A larger request: parts as large as one merged call may be, no larger.
+    (2, 10_000_000, 100_000),
+    # A small one: not below MIN_PART_CHARACTERS, each part costing a round trip.
+    (2, 50_000, MIN_PART_CHARACTERS),
+    # One worker: no tail to shorten.
+    (1, 700_000, 100_000),
+])
+def test_a_shared_request_is_cut_into_several_parts_per_worker(workers, characters, expected):
+    fanout = Fanout(workers, threads=16)
+    fanout.socket_path = "/run/gunicorn.sock"  # as worker.py sets it in a worker
+    assert fanout.part_characters(characters, most=100_000) == expected

@@ -8,6 +8,7 @@ import importlib.machinery
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -23,6 +24,7 @@ import requests
 from bad_requests import (LARGE_HEADERS, LONG_QUERY, check_error, check_over_http,
                           each_bad_request, send_every_bad_request)
 from conftest import TRAIN, PROGRAM_DIR, free_port, serve_env, start_host_server, wait_until
+from fanout import MIN_PART_CHARACTERS, PARTS_PER_WORKER
 from harness.servers import ping_status
 from samples import APPLE, APPLE_ENTITIES, batch_of
 
@@ -181,6 +183,41 @@ def test_the_payload_limit_setting_reaches_nginx(start_server):
     response = invoke(unlimited, seven_mib)
     assert response.status_code == 200, response.text[:300]
     assert response.json()["results"][-1] == {"entities": APPLE_ENTITIES}
+
+
+def test_one_large_jsonlines_request_runs_in_parts_on_every_worker(server):
+    """fanout.py: the worker that takes a large request sends its groups to gunicorn's
+    socket as part requests, small enough that each worker gets several (so the last one
+    is a short tail), and gunicorn spreads them over every worker."""
+    # "gunicorn with 2 workers x 16 threads"
+    workers = int(re.search(r"gunicorn with (\d+) workers", server.logs())[1])
+    assert workers > 1
+    texts = LONG_BATCH["texts"]
+    body = "".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts))
+    parts_before = server.logs().count(" part=True status=200 ")
+    response = requests.post(f"{server.url}/invocations", data=body.encode(), timeout=120,
+                             headers={"Content-Type": "application/jsonlines",
+                                      "Accept": "application/jsonlines"})
+    assert response.status_code == 200, response.text[:300]
+    answers = [json.loads(line) for line in response.text.splitlines()]
+    assert [a["id"] for a in answers] == list(range(len(texts)))
+    for answer in answers:
+        text = texts[answer["id"]]
+        assert answer["entities"] and all(text[e["start"]:e["end"]] == e["text"]
+                                          for e in answer["entities"]), answer
+    # Each part's log line is written once its answer has gone.
+    expected = min(workers * PARTS_PER_WORKER,
+                   sum(len(t) for t in texts) // MIN_PART_CHARACTERS)
+
+    def part_lines():
+        lines = [line for line in server.logs().splitlines() if " part=True status=200 " in line]
+        return lines[parts_before:]
+
+    wait_until(lambda: len(part_lines()) >= expected, f"fewer than {expected} parts",
+               timeout=10)
+    # "2026-12-02 18:19:23,950 <pid> INFO ner.predictor: invocation ...": more than one
+    # worker ran them (a worker may have been recycled meanwhile, so not a fixed set).
+    assert len({int(line.split()[2]) for line in part_lines()}) > 1
 
 
 def test_ping_is_not_access_logged_but_invocations_are(server):

@@ -34,6 +34,13 @@ from protocol import JSONLINES, ApiError, dumps
 
 # Marks a request one coordinator sent: it runs where it lands.
 PART_HEADER = "X-Ner-Part"
+# A shared request is cut into at least this many parts per worker. Its last part runs
+# while the other workers have nothing left of it, and a transform job's client sends its
+# next mini-batch only once this one is answered: small parts keep that tail short.
+PARTS_PER_WORKER = 8
+# But none smaller than this (unless a merged call is smaller still): each part costs an
+# HTTP round trip on gunicorn's socket.
+MIN_PART_CHARACTERS = 10_000
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -59,6 +66,16 @@ class Fanout:
     def width(self):
         """How many workers one request may run on."""
         return self.workers if self.socket_path and self._places else 1
+
+    def part_characters(self, characters, most):
+        """How many characters each group (part) of a request of about `characters` may
+        hold: `most` (what one merged call takes), or less, so that every worker gets
+        PARTS_PER_WORKER of them, but not under MIN_PART_CHARACTERS. With no other
+        worker to share with, there is no tail to shorten: `most`."""
+        if self.width < 2:
+            return most
+        share = -(-characters // (self.width * PARTS_PER_WORKER))
+        return min(most, max(MIN_PART_CHARACTERS, share))
 
     def run(self, groups, local, timeout):
         """Records per group of texts, in order: on every worker where there are several

@@ -152,7 +152,9 @@ def create_app(nlp, settings):
         with long_requests:
             if share:
                 deadline = invocation.started + settings.timeout
-                answers = fanout.run(_before(deadline, groups(parts, settings.batch_characters)),
+                size = fanout.part_characters(sum(len(p) for p in parts),
+                                              settings.batch_characters)
+                answers = fanout.run(_before(deadline, groups(parts, size)),
                                      batcher.predict, settings.stuck_seconds)
                 return pieces.put_back([r for records in answers for r in records], plan)
             return pieces.put_back(batcher.predict(parts, invocation.timing), plan)
@@ -211,6 +213,9 @@ def create_app(nlp, settings):
         its JSON error and status."""
         body = stream.read(body_stream, settings.max_text_characters)
         deadline = invocation.started + settings.timeout
+        # A part runs here as one group; a shared request in parts for every worker.
+        size = (fanout.part_characters(body.characters, settings.batch_characters) if share
+                else settings.batch_characters)
         shapes = collections.deque()
 
         long = False  # counted in long_requests from its second group on
@@ -218,7 +223,7 @@ def create_app(nlp, settings):
         def texts_of_groups():
             nonlocal long
             for n, (texts, shape) in enumerate(
-                    _before(deadline, body.groups(settings.batch_characters))):
+                    _before(deadline, body.groups(size))):
                 if n == 1:
                     long = True
                     long_requests.add(1)

@@ -38,11 +38,11 @@ BYTES_PER_CHARACTER = 6
 
 
 class Body:
-    """A checked JSON Lines body: its lines, the work their texts hold (model.work), and the
-    bytes to read back."""
+    """A checked JSON Lines body: its lines, the work their texts hold (model.work), their
+    characters (what groups() counts), and the bytes to read back."""
 
-    def __init__(self, file, lines, work):
-        self.file, self.lines, self.work = file, lines, work
+    def __init__(self, file, lines, work, characters):
+        self.file, self.lines, self.work, self.characters = file, lines, work, characters
 
     def groups(self, max_characters):
         """(texts, Shape) for consecutive records, grouped as batcher.groups does."""
@@ -68,15 +68,16 @@ def read(stream, max_length):
 
 
 def _read(stream, spool, max_length):
-    buffer, lines, total, first = bytearray(), 0, 0, True
+    buffer, lines, total, characters, first = bytearray(), 0, 0, 0, True
     longest = BYTES_PER_CHARACTER * max_length + 64  # room for the record's other fields
 
     def check(line):
-        nonlocal lines, total
+        nonlocal lines, total, characters
         lines += 1
         text, _ = decode_line(line, lines)
         check_length(text, f"line {lines}", max_length)
         total += work(text)
+        characters += len(text)
 
     while True:
         block = stream.read(BLOCK_BYTES)
@@ -98,5 +99,5 @@ def _read(stream, spool, max_length):
                            "(MODEL_SERVER_MAX_TEXT_CHARACTERS) can take")
     if buffer:
         check(bytes(buffer))
-    return Body(spool, lines, total)
+    return Body(spool, lines, total, characters)
 
