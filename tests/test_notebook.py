@@ -135,6 +135,23 @@ def test_local_mode_runs_top_to_bottom_against_the_real_image(papermill, docker,
     assert re.search(r"^rec-0  -> Apple \(ORG\), U\.K\. \(GPE\), \$1 billion \(MONEY\)$", text,
                      re.MULTILINE), text
     assert "on AWS: invoke_endpoint_async(" in text
+    # The multi-model stand-in: the image in MME mode, loaded, listed, invoked and unloaded
+    # as SageMaker does it, with the real English and French pipelines.
+    assert re.search(r"^en\.tar\.gz: en_core_web_sm\S* 3\.8\.0, ", text, re.MULTILINE), text
+    assert re.search(r"^fr\.tar\.gz: fr_core_news_sm 3\.8\.0, ", text, re.MULTILINE), text
+    assert "load en: 200" in text and "load fr: 200" in text, text
+    listed = re.search(r"^GET /models: (.*)$", text, re.MULTILINE)
+    assert listed and sorted(m["modelName"] for m in json.loads(listed[1])["models"]) == [
+        "en", "fr"], text
+    assert re.search(r"^en\.tar\.gz \(en_core_web_sm\S*\):\nApple +ORG +0-5$", text,
+                     re.MULTILINE), text
+    french = text[text.index("fr.tar.gz (fr_core_news_sm):"):]
+    assert entity("Emmanuel Macron", "PER", "0-15").search(french), text
+    assert entity("Paris", "LOC").search(french), text
+    assert "unload en: 200" in text and "unload fr: 200" in text, text
+    after = re.search(r"^GET /models after the unloads: (.*)$", text, re.MULTILINE)
+    assert after and json.loads(after[1]) == {"models": []}, text
+    assert "on AWS: invoke_endpoint(EndpointName='spacy-ner-mme-endpoint-" in text
 
 
 def test_aws_mode_requests_are_valid_and_clean_up_leaves_nothing(
@@ -158,8 +175,13 @@ def test_aws_mode_requests_are_valid_and_clean_up_leaves_nothing(
     assert f"image: {local_registry.host}/{IMAGE_NAME}:{tag}" in text
     assert [r["repositoryName"] for r in
             moto_server.client("ecr").describe_repositories()["repositories"]] == [IMAGE_NAME]
-    # Four endpoints went InService (main, own pipeline, serverless, async)...
-    assert len(re.findall(r"-endpoint-\S+ InService\b", text)) == 4, text
+    # Five endpoints went InService (main, own pipeline, serverless, async, multi-model)...
+    assert len(re.findall(r"-endpoint-\S+ InService\b", text)) == 5, text
+    # ...the multi-model one from a model whose ModelDataUrl is the archives' prefix.
+    assert re.search(r"^mme model: spacy-ner-mme-\S+ Mode MultiModel ModelDataUrl "
+                     r"s3://sagemaker-us-east-1-123456789012/spacy-ner/\S+/mme/$", text,
+                     re.MULTILINE), text
+    assert "invocation of en.tar.gz failed" not in text, text
     assert "no output records (a mock AWS runs no container and writes none)" in text
     assert "left over: nothing" in text
     # The scaling target and policy the notebook registered, as AWS answered them...
