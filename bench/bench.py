@@ -38,6 +38,7 @@ import corpus
 import large_body
 import load
 import long_docs
+import mme
 import report
 import targets
 import transform
@@ -63,7 +64,9 @@ FULL = {"sentences": 4096, "latency_texts": 1000,
         # Lines bodies of 100 and 200 MB; documents of 900,000 and 2,500,000 characters.
         # About 10 + 6 + 3 minutes on 2 cores.
         "transform_file_bytes": 8 * 1024 * 1024, "transform_rounds": 2,
-        "large_body_mb": [100, 200], "long_document_chars": [900_000, 2_500_000]}
+        "large_body_mb": [100, 200], "long_document_chars": [900_000, 2_500_000],
+        # Multi-model endpoints (issue 15): more models than cores; about 2 minutes.
+        "mme_models": 3, "mme_rounds": 3}
 # CI: every section, a few seconds each; the figures are not for comparison.
 QUICK = {"sentences": 200, "latency_texts": 128,
          "batch_sweep": lambda n: [n, 2 * n], "single_sweep": lambda n: [1, 8],
@@ -71,7 +74,8 @@ QUICK = {"sentences": 200, "latency_texts": 128,
          "soak_texts": 1000, "soak_warmup": 200, "soak_samples": 4,
          "before_after_rounds": 1, "limit_rounds": 1,
          "transform_file_bytes": 300_000, "transform_rounds": 1,
-         "large_body_mb": [3, 6], "long_document_chars": [150_000, 150_000]}
+         "large_body_mb": [3, 6], "long_document_chars": [150_000, 150_000],
+         "mme_models": 2, "mme_rounds": 1}
 # The two transform jobs: /execution-parameters decides (what the notebook does: the
 # goal's job), and the real-time limit most examples set (beside it: the time local mode
 # spends making mini-batches grows with their size).
@@ -611,6 +615,35 @@ def measure_long_documents(start, kind, image, texts, n, plan, results):
                                  else "in the benchmark's process"}
 
 
+def measure_mme(kind, image, texts, n, plan, expected, results):
+    """A multi-model endpoint with copies of the English pipeline (mme.py): each load's
+    time and memory, the memory left after unloading them all, and batch requests spread
+    over every model against the same requests to one, alternating. Every answer is
+    checked against expected."""
+    if kind != "image":
+        results["mme"] = {"measured": False, "why": "a multi-model endpoint runs the image"}
+        return
+    import spacy
+    from settings import Settings  # the server's own (inprocess.py puts it on the path)
+
+    bodies = FORMS["batch"][0](texts)
+    with tempfile.TemporaryDirectory(prefix="bench-mme-pipeline-") as tmp:
+        pipeline = Path(tmp) / "en"  # the image's default model, as an archive holds it
+        spacy.load(Settings.from_env({}).default_model).to_disk(pipeline)
+        found = mme.measure(image, pipeline, bodies, len(texts), plan["mme_models"],
+                            2 * n, plan["mme_rounds"],
+                            lambda answers: check_entities("batch", answers,
+                                                           expected)[0]["mismatches"])
+    results["mme"] = found
+    results["correctness"]["mme"] = {"docs": len(texts), "runs": 2 * found["rounds"],
+                                     "mismatches": found["mismatches"], "first": []}
+    log(f"multi-model endpoint, {found['models']} models: loads {found['load_seconds']} s, "
+        f"anon {found['anon_mb_per_model']} MB each, "
+        f"{found['after_unload_anon_above_idle_mb']} MB above idle after unloading them all; "
+        f"docs/s to one model {found['one_docs_per_s']}, spread {found['spread_docs_per_s']}"
+        f" ({found['spread_over_one']}x); {found['mismatches']} entity mismatches")
+
+
 def main():
     args = parse_args()
     plan = QUICK if args.quick else FULL
@@ -670,6 +703,7 @@ def main():
     measure_transform(kind, args.image, texts, n, plan, expected, results)
     measure_large_bodies(start, kind, texts, n, plan, results)
     measure_long_documents(start, kind, args.image, texts, n, plan, results)
+    measure_mme(kind, args.image, texts, n, plan, expected, results)
     results["image"] = targets.image_info(args.image) if kind == "image" else None
 
     results["meta"]["machine"]["load_average_at_end"] = os.getloadavg()

@@ -1,6 +1,6 @@
 """The goals against the measured figures; results.json, results.md, chart.png and
 soak.png, and the tables of the docs that READMES names: README.md's headline figures,
-docs/performance.md's goals, docs/deploying.md's scale and large-work tables and
+docs/performance.md's goals, docs/deploying.md's scale, large-work and mme tables and
 bench/README.md's results (between their markers: nobody types a figure there by hand)."""
 
 import json
@@ -75,7 +75,7 @@ def goals(r):
         ("image size", "<= 450 MB", r["image"]["size_mb"] if r["image"] else None,
          lambda v: v <= 450, r["image"]["name"] if r["image"] else "target is the host"),
     ]
-    out += large_work_goals(r)
+    out += large_work_goals(r) + mme_goals(r)
     return [{"goal": g, "target": t, "measured": None if v is None else round(v, 3),
              "met": None if v is None else bool(ok(v)), "detail": d}
             for g, t, v, ok, d in out]
@@ -149,6 +149,60 @@ def large_work_goals(r):
                     f"text[start:end] == entity text, {sum(d['served_entities'] for d in docs):,}"
                     " served entities"))
     return out
+
+
+# What may stay in the container after every model is unloaded, as a share of what the
+# models held: the allocator's and the manager's own bookkeeping, not a model's weights.
+MME_LEFT_AFTER_UNLOAD = 0.1
+
+
+def mme_goals(r):
+    """Issue 15's measured promise: an unload gives the model's memory back."""
+    mm = r.get("mme", {})
+    if not mm.get("measured"):
+        return [("multi-model: memory left after unloading every model / what they held",
+                 f"<= {MME_LEFT_AFTER_UNLOAD:g}", None, lambda v: True,
+                 mm.get("why", "not measured"))]
+    held = max(mm["loaded_anon_above_idle_mb"], 1)
+    return [("multi-model: memory left after unloading every model / what they held",
+             f"<= {MME_LEFT_AFTER_UNLOAD:g}", mm["after_unload_anon_above_idle_mb"] / held,
+             lambda v: v <= MME_LEFT_AFTER_UNLOAD,
+             f"container anon {mm['after_unload_anon_above_idle_mb']:+.0f} MB above idle "
+             f"after {mm['models']} DELETEs, of {mm['loaded_anon_above_idle_mb']:.0f} MB "
+             "held while loaded")]
+
+
+def mme_table(r):
+    """A multi-model endpoint's figures: loads, memory per model and after unloading,
+    traffic spread over several models against the same traffic to one."""
+    mm = r.get("mme", {})
+    lines = [f"From the run of {r['meta']['date']} (`bench/results/results.json`), "
+             f"{r['meta']['machine']['cores']} cores.", "",
+             "| figure | measured | how |", "|---|---|---|"]
+    if not mm.get("measured"):
+        return lines + [f"| multi-model endpoint | — | {mm.get('why', 'not measured')} |"]
+    k = mm["models"]
+    loads, held = mm["load_seconds"], mm["anon_mb_per_model"]
+    median = sorted(loads)[len(loads) // 2]
+    return lines + [
+        f"| load time per model | {median:.1f} s (median of {k}; {min(loads):.1f}–"
+        f"{max(loads):.1f} s) | `POST /models` until 200: the model's processes started, the "
+        "pipeline loaded and warmed, its `/ping` answered |",
+        f"| memory per loaded model | {sorted(held)[len(held) // 2]:.0f} MB "
+        f"({'/'.join(f'{x:.0f}' for x in held)} MB; {k} models: "
+        f"{mm['loaded_anon_above_idle_mb']:.0f} MB above idle) | the container's cgroup "
+        "anon memory before and after each load, a quiet second each |",
+        f"| memory after unloading every model | {mm['after_unload_anon_above_idle_mb']:+.0f} "
+        f"MB above idle | `DELETE /models/<name>` for each ("
+        f"{'/'.join(f'{x:.1f}' for x in mm['unload_seconds'])} s), then the cgroup |",
+        f"| batch requests spread over {k} models / the same requests to one | "
+        f"{mm['spread_over_one']:.2f} ({'/'.join(f'{x:.0f}' for x in mm['spread_docs_per_s'])}"
+        f" against {'/'.join(f'{x:.0f}' for x in mm['one_docs_per_s'])} docs/s) | "
+        f"`texts` of {r['meta']['corpus']['batch_size']}, {mm['concurrency']} at a time, "
+        f"{mm['rounds']} alternating rounds; copies of en_core_web_sm, "
+        f"`MODEL_SERVER_WORKERS_PER_MODEL={mm['workers_per_model']}`: each model has that many "
+        "workers, so traffic to one model has that many cores |",
+    ]
 
 
 def goals_table(r):
@@ -295,6 +349,7 @@ def markdown(r):
     lines += ["", "## Scale: per instance and per million documents", "", *scale_table(r)]
     lines += ["", "## Large work: transform jobs, large bodies, long documents", "",
               *large_work_table(r)]
+    lines += ["", "## Multi-model endpoint", "", *mme_table(r)]
     lines += [
         "",
         "## In-process baseline (same model, same components)",
@@ -581,6 +636,12 @@ def headline_table(r):
                                else "each paragraph alone" for d in docs)
         lines.append(f"| long documents of {sizes} characters | F1 {f1} against spaCy on "
                      f"{against}, {sum(d['wrong_offsets'] for d in docs)} wrong offsets |")
+    mm = r.get("mme", {})
+    if mm.get("measured"):
+        lines.append(f"| a multi-model endpoint of {mm['models']} English pipelines | "
+                     f"{sorted(mm['load_seconds'])[mm['models'] // 2]:.1f} s to load a model, "
+                     f"{mm['loaded_anon_above_idle_mb'] / mm['models']:.0f} MB each, "
+                     f"{mm['after_unload_anon_above_idle_mb']:+.0f} MB once all are unloaded |")
     lines.append(f"| image size | {r['image']['size_mb']:.0f} MB |" if r["image"] else
                  "| image size | not measured (host target) |")
     return lines
@@ -601,6 +662,7 @@ READMES = {
     "goals": "docs/performance.md",
     "scale": "docs/deploying.md",
     "large-work": "docs/deploying.md",
+    "mme": "docs/deploying.md",
     "results": "bench/README.md",
 }
 
@@ -611,6 +673,7 @@ def readme_tables(r):
             "goals": "\n".join([goals_header(r), "", *goals_table(r)]),
             "scale": "\n".join(scale_table(r)),
             "large-work": "\n".join(large_work_table(r)),
+            "mme": "\n".join(mme_table(r)),
             "results": markdown(r)}
 
 

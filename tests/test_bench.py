@@ -257,3 +257,22 @@ def test_long_documents_are_compared_with_spacy_on_the_same_text(quick_run):
     whole = long_docs.document(docs[0]["requested_chars"], texts)
     mine = {(e.start_char, e.end_char, e.label_) for e in nlp(whole).ents}
     assert len(mine) == docs[0]["reference_entities"]
+
+
+def test_a_multi_model_endpoint_loads_serves_and_gives_memory_back(quick_run):
+    _, results, _ = quick_run
+    mm = image_section(results, "mme", "a multi-model endpoint runs the image")
+    k = mm["models"]
+    assert k >= 2 and mm["workers_per_model"] == 1
+    assert len(mm["load_seconds"]) == len(mm["unload_seconds"]) == k
+    assert all(positive(s) for s in mm["load_seconds"] + mm["unload_seconds"])
+    # Each copy of the pipeline holds memory while loaded, and the sum is what they held.
+    assert all(positive(mb) for mb in mm["anon_mb_per_model"])
+    assert mm["loaded_anon_above_idle_mb"] == pytest.approx(sum(mm["anon_mb_per_model"]),
+                                                            rel=0.1)
+    assert len(mm["one_docs_per_s"]) == len(mm["spread_docs_per_s"]) == mm["rounds"]
+    assert all(positive(x) for x in mm["one_docs_per_s"] + mm["spread_docs_per_s"])
+    assert mm["mismatches"] == 0 and results["correctness"]["mme"]["mismatches"] == 0
+    goal = next(g for g in results["goals"] if g["goal"].startswith("multi-model: memory"))
+    assert goal["measured"] == pytest.approx(
+        mm["after_unload_anon_above_idle_mb"] / mm["loaded_anon_above_idle_mb"], abs=0.001)
