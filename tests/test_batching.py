@@ -412,8 +412,11 @@ def test_a_worker_stuck_in_the_model_is_replaced(serve_with_plugins):
     (2, 700_000, 700_000 // (2 * PARTS_PER_WORKER)),
     # A larger request: parts as large as one merged call may be, no larger.
     (2, 10_000_000, 100_000),
-    # A small one: not below MIN_PART_CHARACTERS, each part costing a round trip.
-    (2, 50_000, MIN_PART_CHARACTERS),
+    # A little over one merged call: not below MIN_PART_CHARACTERS, each part costing a
+    # round trip.
+    (2, 120_000, MIN_PART_CHARACTERS),
+    # One merged call's worth: one group, not parts.
+    (2, 50_000, 100_000),
     # One worker: no tail to shorten.
     (1, 700_000, 100_000),
 ])

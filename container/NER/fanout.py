@@ -70,9 +70,10 @@ class Fanout:
     def part_characters(self, characters, most):
         """How many characters each group (part) of a request of about `characters` may
         hold: `most` (what one merged call takes), or less, so that every worker gets
-        PARTS_PER_WORKER of them, but not under MIN_PART_CHARACTERS. With no other
-        worker to share with, there is no tail to shorten: `most`."""
-        if self.width < 2:
+        PARTS_PER_WORKER of them, but not under MIN_PART_CHARACTERS. A request that fits
+        in one merged call stays one group, as a JSON `texts` request of its size does;
+        with no other worker to share with, there is no tail to shorten: `most`."""
+        if self.width < 2 or characters <= most:
             return most
         share = -(-characters // (self.width * PARTS_PER_WORKER))
         return min(most, max(MIN_PART_CHARACTERS, share))
