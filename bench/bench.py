@@ -629,13 +629,14 @@ def measure_mme(kind, image, texts, n, plan, expected, results):
     bodies = FORMS["batch"][0](texts)
     with tempfile.TemporaryDirectory(prefix="bench-mme-pipeline-") as tmp:
         pipeline = Path(tmp) / "en"  # the image's default model, as an archive holds it
-        spacy.load(Settings.from_env({}).default_model).to_disk(pipeline)
-        found = mme.measure(image, pipeline, bodies, len(texts), plan["mme_models"],
+        name = Settings.from_env({}).default_model
+        spacy.load(name).to_disk(pipeline)
+        found = mme.measure(image, pipeline, name, bodies, len(texts), plan["mme_models"],
                             2 * n, plan["mme_rounds"],
                             lambda answers: check_entities("batch", answers,
                                                            expected)[0]["mismatches"])
     results["mme"] = found
-    results["correctness"]["mme"] = {"docs": len(texts), "runs": 2 * found["rounds"],
+    results["correctness"]["mme"] = {"docs": len(texts), "runs": found["runs"],
                                      "mismatches": found["mismatches"], "first": []}
     log(f"multi-model endpoint, {found['models']} models: loads {found['load_seconds']} s, "
         f"anon {found['anon_mb_per_model']} MB each, "

@@ -5,6 +5,7 @@ bench/README.md's results (between their markers: nobody types a figure there by
 
 import json
 import re
+import statistics
 from pathlib import Path
 
 import matplotlib
@@ -183,12 +184,11 @@ def mme_table(r):
         return lines + [f"| multi-model endpoint | — | {mm.get('why', 'not measured')} |"]
     k = mm["models"]
     loads, held = mm["load_seconds"], mm["anon_mb_per_model"]
-    median = sorted(loads)[len(loads) // 2]
     return lines + [
-        f"| load time per model | {median:.1f} s (median of {k}; {min(loads):.1f}–"
-        f"{max(loads):.1f} s) | `POST /models` until 200: the model's processes started, the "
-        "pipeline loaded and warmed, its `/ping` answered |",
-        f"| memory per loaded model | {sorted(held)[len(held) // 2]:.0f} MB "
+        f"| load time per model | {statistics.median(loads):.1f} s (median of {k}; "
+        f"{min(loads):.1f}–{max(loads):.1f} s) | `POST /models` until 200: the model's "
+        "processes started, the pipeline loaded and warmed, its `/ping` answered |",
+        f"| memory per loaded model | {statistics.median(held):.0f} MB "
         f"({'/'.join(f'{x:.0f}' for x in held)} MB; {k} models: "
         f"{mm['loaded_anon_above_idle_mb']:.0f} MB above idle) | the container's cgroup "
         "anon memory before and after each load, a quiet second each |",
@@ -199,7 +199,7 @@ def mme_table(r):
         f"{mm['spread_over_one']:.2f} ({'/'.join(f'{x:.0f}' for x in mm['spread_docs_per_s'])}"
         f" against {'/'.join(f'{x:.0f}' for x in mm['one_docs_per_s'])} docs/s) | "
         f"`texts` of {r['meta']['corpus']['batch_size']}, {mm['concurrency']} at a time, "
-        f"{mm['rounds']} alternating rounds; copies of en_core_web_sm, "
+        f"{mm['rounds']} alternating rounds; {mm['pipeline']}, "
         f"`MODEL_SERVER_WORKERS_PER_MODEL={mm['workers_per_model']}`: each model has that many "
         "workers, so traffic to one model has that many cores |",
     ]
@@ -639,8 +639,8 @@ def headline_table(r):
     mm = r.get("mme", {})
     if mm.get("measured"):
         lines.append(f"| a multi-model endpoint of {mm['models']} English pipelines | "
-                     f"{sorted(mm['load_seconds'])[mm['models'] // 2]:.1f} s to load a model, "
-                     f"{mm['loaded_anon_above_idle_mb'] / mm['models']:.0f} MB each, "
+                     f"{statistics.median(mm['load_seconds']):.1f} s to load a model, "
+                     f"{statistics.median(mm['anon_mb_per_model']):.0f} MB each, "
                      f"{mm['after_unload_anon_above_idle_mb']:+.0f} MB once all are unloaded |")
     lines.append(f"| image size | {r['image']['size_mb']:.0f} MB |" if r["image"] else
                  "| image size | not measured (host target) |")

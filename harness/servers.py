@@ -190,3 +190,38 @@ class Container:
 
     def remove(self):
         subprocess.run([self.docker, "rm", "-f", self.id], capture_output=True)
+
+
+class MultiModelEndpoint(Container):
+    """The image as a multi-model endpoint (SAGEMAKER_MULTI_MODEL=true): `store` mounted
+    read-only as /opt/ml/models, where SageMaker unpacks each model.tar.gz
+    (/opt/ml/models/<name>/model), and the calls SageMaker makes to load, invoke and unload
+    a model (container/NER/models.py). Each answers the `requests` response."""
+
+    def __init__(self, image, store, run_args=(), env=None, **kwargs):
+        super().__init__(image, ("-v", f"{store}:/opt/ml/models:ro", *run_args),
+                         env={"SAGEMAKER_MULTI_MODEL": "true", **(env or {})}, **kwargs)
+
+    def load(self, name, folder=None, timeout=300):
+        import requests
+
+        url = f"/opt/ml/models/{folder or name}/model"
+        return requests.post(f"{self.url}/models", json={"model_name": name, "url": url},
+                             timeout=timeout)
+
+    def invoke(self, name, body, timeout=60, **kwargs):
+        import requests
+
+        return requests.post(f"{self.url}/models/{name}/invoke", json=body, timeout=timeout,
+                             **kwargs)
+
+    def unload(self, name):
+        import requests
+
+        return requests.delete(f"{self.url}/models/{name}", timeout=60)
+
+    def listed(self):
+        import requests
+
+        return [m["modelName"] for m in requests.get(f"{self.url}/models",
+                                                     timeout=10).json()["models"]]

@@ -266,10 +266,9 @@ def test_a_multi_model_endpoint_loads_serves_and_gives_memory_back(quick_run):
     assert k >= 2 and mm["workers_per_model"] == 1
     assert len(mm["load_seconds"]) == len(mm["unload_seconds"]) == k
     assert all(positive(s) for s in mm["load_seconds"] + mm["unload_seconds"])
-    # Each copy of the pipeline holds memory while loaded, and the sum is what they held.
-    assert all(positive(mb) for mb in mm["anon_mb_per_model"])
-    assert mm["loaded_anon_above_idle_mb"] == pytest.approx(sum(mm["anon_mb_per_model"]),
-                                                            rel=0.1)
+    # Copies of one pipeline: each holds memory while loaded, about as much as the others.
+    held = sorted(mm["anon_mb_per_model"])
+    assert positive(held[0]) and held[-1] < 1.5 * held[0], held
     assert len(mm["one_docs_per_s"]) == len(mm["spread_docs_per_s"]) == mm["rounds"]
     assert all(positive(x) for x in mm["one_docs_per_s"] + mm["spread_docs_per_s"])
     assert mm["mismatches"] == 0 and results["correctness"]["mme"]["mismatches"] == 0

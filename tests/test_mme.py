@@ -72,28 +72,11 @@ def store(tmp_path_factory, tiny_model):
     return root
 
 
-class Endpoint(servers.Container):
-    """The image as a multi-model endpoint, /opt/ml/models mounted read-only."""
+class Endpoint(servers.MultiModelEndpoint):
+    """The image as a multi-model endpoint (harness/servers.py), seen from inside too."""
 
     def __init__(self, docker, image, store, run_args=(), env=None):
-        super().__init__(image, ("-v", f"{store}:/opt/ml/models:ro", *run_args),
-                         env={"SAGEMAKER_MULTI_MODEL": "true", **(env or {})}, docker=docker)
-
-    def load(self, name, folder=None, timeout=120):
-        url = f"/opt/ml/models/{folder or name}/model"
-        return requests.post(f"{self.url}/models", json={"model_name": name, "url": url},
-                             timeout=timeout)
-
-    def invoke(self, name, body, timeout=60, **kwargs):
-        return requests.post(f"{self.url}/models/{name}/invoke", json=body, timeout=timeout,
-                             **kwargs)
-
-    def unload(self, name):
-        return requests.delete(f"{self.url}/models/{name}", timeout=60)
-
-    def listed(self):
-        return [m["modelName"] for m in requests.get(f"{self.url}/models",
-                                                     timeout=10).json()["models"]]
+        super().__init__(image, store, run_args, env, docker=docker)
 
     def memory_in_use(self):
         """The container's working set, in bytes (models.cgroup_memory, run inside)."""
@@ -267,10 +250,14 @@ def test_loads_of_different_models_run_at_once(endpoint):
     both = time.monotonic() - started
     try:
         assert {n: a.status_code for n, a in answers.items()} == {n: 200 for n in names}
-        # One after the other, both would take the sum of their loads (each as long as the
-        # manager's log line says it took); at once, less.
-        each = [float(re.search(rf"model {n} loaded in ([\d.]+) s", endpoint.logs())[1])
-                for n in names]
+        # Both were under way together: each began before either was done...
+        logs = endpoint.logs()
+        began = [logs.rindex(f"loading model {n} from") for n in names]
+        done = [logs.rindex(f"model {n} loaded in") for n in names]
+        assert max(began) < min(done), logs[-3000:]
+        # ...and one after the other, both would take the sum of their loads (each as long
+        # as the manager's log line says it took); at once, less.
+        each = [float(re.findall(rf"model {n} loaded in ([\d.]+) s", logs)[-1]) for n in names]
         assert both < sum(each), (both, each)
     finally:
         for name in names:
@@ -368,7 +355,7 @@ def test_a_load_that_does_not_fit_the_memory_limit_is_507_and_the_container_live
     assert probe.load("tiny-0").status_code == 200
     one = probe.memory_in_use() - idle
     probe.remove()
-    limit_mb = (idle + 3.5 * one) // 2**20
+    limit_mb = int(idle + 3.5 * one) // 2**20
     e = start_endpoint(run_args=("--memory", f"{limit_mb}m", "--memory-swap", f"{limit_mb}m"))
     loaded, refused = [], None
     for i in range(COPIES):
