@@ -35,18 +35,19 @@ CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 INFERENCE_ID = "X-Amzn-SageMaker-Inference-Id"
 # A multi-model endpoint's invocation names its TargetModel here, for the log line.
 TARGET_MODEL = "X-Amzn-SageMaker-Target-Model"
-# /execution-parameters suggests a MaxPayloadInMB that one worker runs in this share of
-# MODEL_SERVER_TIMEOUT: room for texts slower than the calibration's, and for a worker
-# that shares its core with the requests merged beside the mini-batch.
+# The most MaxPayloadInMB one worker runs in this share of MODEL_SERVER_TIMEOUT: the
+# ceiling of what /execution-parameters suggests, and what the start-up log warns about.
+# Room for texts slower than the calibration's, and for a worker that shares its core
+# with the requests merged beside the mini-batch.
 PAYLOAD_SHARE_OF_TIMEOUT = 0.5
 # SageMaker's limits on a transform job: MaxPayloadInMB at most 100, and
 # MaxPayloadInMB x MaxConcurrentTransforms at most 100 MB.
 TRANSFORM_MAX_PAYLOAD_MB = 100
 # /execution-parameters suggests no more than this, the least a job can ask for, however
-# fast the workers: a mini-batch is made before it is sent, and the SageMaker Python SDK's local mode makes it
-# by adding one record at a time to a string, so its time grows with the square of the
-# payload while the server waits with nothing to do. Small mini-batches also mean little
-# to retry when one fails. A 1 MB request still holds thousands of records, seconds of a
+# fast the workers: a mini-batch is made before it is sent, and the SageMaker Python
+# SDK's local mode makes it by adding one record at a time to a string, so its time grows
+# with the square of the payload while the server waits with nothing to do. Small
+# mini-batches also mean little to retry when one fails. A 1 MB request still holds thousands of records, seconds of a
 # worker's time beside which one HTTP round trip is nothing, and fans out to every worker.
 SUGGESTED_MAX_PAYLOAD_MB = 1
 # The same codes nginx.conf uses for the errors it answers itself.
