@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+import requests
+
 ROOT = Path(__file__).resolve().parent.parent
 SERVE = ROOT / "container" / "NER" / "serve"
 DEFAULT_IMAGE = "spacy-ner-sagemaker:local"
@@ -203,25 +205,17 @@ class MultiModelEndpoint(Container):
                          env={"SAGEMAKER_MULTI_MODEL": "true", **(env or {})}, **kwargs)
 
     def load(self, name, folder=None, timeout=300):
-        import requests
-
         url = f"/opt/ml/models/{folder or name}/model"
         return requests.post(f"{self.url}/models", json={"model_name": name, "url": url},
                              timeout=timeout)
 
     def invoke(self, name, body, timeout=60, **kwargs):
-        import requests
-
         return requests.post(f"{self.url}/models/{name}/invoke", json=body, timeout=timeout,
                              **kwargs)
 
     def unload(self, name):
-        import requests
-
         return requests.delete(f"{self.url}/models/{name}", timeout=60)
 
     def listed(self):
-        import requests
-
         return [m["modelName"] for m in requests.get(f"{self.url}/models",
                                                      timeout=10).json()["models"]]
