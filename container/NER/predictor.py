@@ -47,8 +47,9 @@ TRANSFORM_MAX_PAYLOAD_MB = 100
 # fast the workers: a mini-batch is made before it is sent, and the SageMaker Python
 # SDK's local mode makes it by adding one record at a time to a string, so its time grows
 # with the square of the payload while the server waits with nothing to do. Small
-# mini-batches also mean little to retry when one fails. A 1 MB request still holds thousands of records, seconds of a
-# worker's time beside which one HTTP round trip is nothing, and fans out to every worker.
+# mini-batches also mean little to retry when one fails. A 1 MB request still holds
+# thousands of records, seconds of a worker's time beside which one HTTP round trip is
+# nothing, and fans out to every worker.
 SUGGESTED_MAX_PAYLOAD_MB = 1
 # The same codes nginx.conf uses for the errors it answers itself.
 HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
@@ -147,14 +148,13 @@ def create_app(nlp, settings):
         """Entity records per text, a long text cut into pieces and put back together;
         pieces of more than one merged call go to every worker (share)."""
         parts, plan = pieces.split(texts, chunk)
-        if (sum(len(p) for p in parts) <= settings.batch_characters
-                and len(parts) <= MAX_TEXTS_PER_CALL):
+        characters = sum(len(p) for p in parts)
+        if characters <= settings.batch_characters and len(parts) <= MAX_TEXTS_PER_CALL:
             return pieces.put_back(batcher.predict(parts, invocation.timing), plan)
         with long_requests:
             if share:
                 deadline = invocation.started + settings.timeout
-                size = fanout.part_characters(sum(len(p) for p in parts),
-                                              settings.batch_characters)
+                size = fanout.part_characters(characters, settings.batch_characters)
                 answers = fanout.run(_before(deadline, groups(parts, size)),
                                      batcher.predict, settings.stuck_seconds)
                 return pieces.put_back([r for records in answers for r in records], plan)
