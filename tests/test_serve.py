@@ -273,12 +273,26 @@ def test_ping_stays_fast_while_every_worker_is_busy(serve_with_plugins, hold):
 HEALTH_SECONDS = 5
 # serve reads the heartbeats every 0.5 s; a worker beats at least once a second.
 HEALTH_SLACK = 1.5
+# What a test waits beyond that before it calls a change late: a busy CI machine can stall
+# a process for a second or more. The tests check that the change comes, and not before the
+# window; they are not timers.
+STALL_SLACK = 5
 
 
-def gunicorn_processes(server):
-    """The gunicorn master and its workers."""
-    master, workers = gunicorn_workers(server)
-    return [psutil.Process(pid) for pid in (master, *workers)]
+def stop_gunicorn(server):
+    """SIGSTOP the gunicorn master, then every worker it has: the master first, so that it
+    cannot fork a worker after the list is read (with --preload the first worker answers
+    before the second is forked, so a server that just said 200 may still be forking)."""
+    master, _ = gunicorn_workers(server)
+    master = psutil.Process(master)
+    master.send_signal(signal.SIGSTOP)
+    wait_until(lambda: master.status() == psutil.STATUS_STOPPED, "the master did not stop",
+               timeout=10, interval=0.01)
+    workers = master.children()
+    assert workers, "gunicorn has no worker to stop"
+    for p in workers:
+        p.send_signal(signal.SIGSTOP)
+    return [master, *workers]
 
 
 def ping_statuses_until(server, deadline, stop=lambda status: False):
@@ -295,13 +309,14 @@ def ping_statuses_until(server, deadline, stop=lambda status: False):
 def test_ping_says_503_while_every_gunicorn_process_is_stopped_and_200_once_resumed(
         start_server):
     server = start_server(MODEL_SERVER_HEALTH_SECONDS=HEALTH_SECONDS)
-    processes = gunicorn_processes(server)
-    for p in processes:
-        p.send_signal(signal.SIGSTOP)
+    wait_until(lambda: len(gunicorn_workers(server)[1]) == 2, "gunicorn started no 2 workers")
+    processes = stop_gunicorn(server)
+    assert len(processes) == 3, processes
     try:
         stopped = time.monotonic()
-        statuses = ping_statuses_until(server, stopped + HEALTH_SECONDS + HEALTH_SLACK,
-                                       stop=lambda status: status == 503)
+        statuses = ping_statuses_until(
+            server, stopped + HEALTH_SECONDS + HEALTH_SLACK + STALL_SLACK,
+            stop=lambda status: status == 503)
         assert statuses[-1] == 503, f"/ping still says {statuses[-1]} with every worker stopped"
         # Not long before the window: a worker's last beat came a second or so before.
         assert time.monotonic() - stopped >= HEALTH_SECONDS - 2
@@ -312,7 +327,7 @@ def test_ping_says_503_while_every_gunicorn_process_is_stopped_and_200_once_resu
         for p in processes:
             p.send_signal(signal.SIGCONT)
     resumed = time.monotonic()
-    statuses = ping_statuses_until(server, resumed + HEALTH_SLACK + 1,
+    statuses = ping_statuses_until(server, resumed + HEALTH_SLACK + STALL_SLACK,
                                    stop=lambda status: status == 200)
     assert statuses[-1] == 200, "/ping did not come back once the workers resumed"
     assert invoke(server, {"text": APPLE}).json() == {"entities": APPLE_ENTITIES}
@@ -382,14 +397,15 @@ def test_a_crash_looping_worker_makes_ping_503(start_server):
     killer.start()
     try:
         started = time.monotonic()
-        statuses = ping_statuses_until(server, started + HEALTH_SECONDS + HEALTH_SLACK + 1,
-                                       stop=lambda status: status == 503)
+        statuses = ping_statuses_until(
+            server, started + HEALTH_SECONDS + HEALTH_SLACK + STALL_SLACK,
+            stop=lambda status: status == 503)
     finally:
         looping.clear()
         killer.join()
     assert statuses[-1] == 503, f"/ping says {statuses[-1]} while workers crash-loop"
     assert len(set(killed)) > 3, "gunicorn did not restart the killed workers"
-    statuses = ping_statuses_until(server, time.monotonic() + HEALTH_SLACK + 5,
+    statuses = ping_statuses_until(server, time.monotonic() + HEALTH_SLACK + STALL_SLACK,
                                    stop=lambda status: status == 200)
     assert statuses[-1] == 200, "/ping did not come back once a worker could live"
     assert invoke(server, {"text": APPLE}).json() == {"entities": APPLE_ENTITIES}
