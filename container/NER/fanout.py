@@ -9,15 +9,15 @@ other core idle.
 
 So the worker that holds a request of several groups (stream.py's lines, or a long text's
 pieces) becomes its coordinator: it sends each group to gunicorn's own socket as a part
-request (PART_HEADER, never fanned out again), up to one per worker at a time, and puts
-the answers back in order. gunicorn gives each part to whichever worker accepts it first,
+request (PART_HEADER, never fanned out again), one per worker at a time and one more
+(IN_FLIGHT_BEYOND_WORKERS), and puts the answers back in order. gunicorn gives each part to whichever worker accepts it first,
 an idle one before a busy one (worker.py), and there it merges with that worker's other
 requests like any request (batcher.py). A part is a short JSON Lines body of texts; its
 cost beside the model's is a JSON round trip.
 
 A coordinator holds a thread while its parts hold others. So that parts always find a
-thread, a worker with T threads, of W workers, runs at most T / (W + 1) coordinators:
-with W parts each in flight, they hold at most as many connections as all the workers
+thread, a worker with T threads, of W workers, runs at most T / (W + 2) coordinators:
+with W + 1 parts each in flight, they hold at most as many connections as all the workers
 have threads, and every other request ends without waiting on anyone. A request that
 finds no coordinator's place free runs its groups in its own worker, as it would with one
 worker (and as the Flask app does where there is no gunicorn socket: the tests).
@@ -27,6 +27,7 @@ import collections
 import http.client
 import itertools
 import json
+import queue
 import socket
 import threading
 
@@ -37,10 +38,16 @@ PART_HEADER = "X-Ner-Part"
 # A shared request is cut into at least this many parts per worker. Its last part runs
 # while the other workers have nothing left of it, and a transform job's client sends its
 # next mini-batch only once this one is answered: small parts keep that tail short.
-PARTS_PER_WORKER = 8
+PARTS_PER_WORKER = 16
 # But none smaller than this (unless a merged call is smaller still): each part costs an
 # HTTP round trip on gunicorn's socket.
 MIN_PART_CHARACTERS = 10_000
+# Parts in flight beyond one per worker: waiting in a worker's queue (batcher.py), the
+# next part starts as soon as that worker's current one ends, without waiting for the
+# round trip through the coordinator's thread.
+IN_FLIGHT_BEYOND_WORKERS = 1
+# Answered parts held while an earlier one still runs, per worker (_share).
+PARTS_AHEAD = 2
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -58,7 +65,8 @@ class Fanout:
     def __init__(self, workers, threads):
         self.workers = workers
         self.socket_path = None  # worker.py sets it in each gunicorn worker
-        places = threads // (workers + 1)
+        # Each coordinator's own thread and its parts' (the module's docstring).
+        places = threads // (1 + workers + IN_FLIGHT_BEYOND_WORKERS)
         # With too few threads for even one coordinator per worker, no fan-out at all.
         self._places = threading.BoundedSemaphore(places) if places else None
 
@@ -103,25 +111,44 @@ class Fanout:
             self._places.release()
 
     def _share(self, groups, timeout):
-        """Keep one part per worker in flight; answer them in order."""
+        """Keep one part per worker in flight and IN_FLIGHT_BEYOND_WORKERS more, the next
+        sent as soon as any is answered; yield the answers in order."""
+        # Sent as any part ends, not only the oldest: a worker whose part ends first would
+        # otherwise wait, idle, for a slower one. Answered parts wait here for the ones
+        # before them, at most PARTS_AHEAD per worker, so that a stalled part does not
+        # let the rest of a large body pile up in memory.
         # A request that ends early leaves its parts to finish alone: daemon threads that
         # end with their connections, whose answers no one reads.
-        pending = collections.deque()
-        for texts in groups:
-            pending.append(_Part(self.socket_path, texts, timeout))
-            if len(pending) == self.workers:
+        answered = queue.SimpleQueue()
+        pending = collections.deque()  # in order: running or answered, not yet yielded
+        running, more = 0, True
+        while True:
+            while (more and running < self.workers + IN_FLIGHT_BEYOND_WORKERS
+                   and len(pending) < self.workers * PARTS_AHEAD):
+                texts = next(groups, None)
+                if texts is None:
+                    more = False
+                    break
+                pending.append(_Part(self.socket_path, texts, timeout, answered))
+                running += 1
+            while pending and pending[0].answered:
                 yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+            if not pending and not more:
+                return
+            if running:
+                answered.get()
+                running -= 1
 
 
 class _Part(threading.Thread):
     """One group of texts sent to gunicorn's socket, answered on a thread of its own."""
 
-    def __init__(self, socket_path, texts, timeout):
+    def __init__(self, socket_path, texts, timeout, answered):
         super().__init__(name="part", daemon=True)
         self.socket_path, self.texts, self.timeout = socket_path, texts, timeout
         self.records = self.error = None
+        self.answered = False
+        self._queue = answered  # told when this part is answered (or failed)
         self.start()
 
     def run(self):
@@ -142,6 +169,8 @@ class _Part(threading.Thread):
             self.error = e
         finally:
             conn.close()
+            self.answered = True
+            self._queue.put(self)
 
     def result(self):
         self.join()
