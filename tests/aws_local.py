@@ -117,7 +117,7 @@ def local_registry(tmp_path):
         try:
             if requests.get(f"{registry.url}/v2/", timeout=1).status_code == 200:
                 break
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or a read that timed out
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()

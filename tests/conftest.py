@@ -6,6 +6,7 @@ import random
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,18 @@ def start_host_server(env, log_path, wait=True):
     """The real `serve` (nginx + gunicorn) on this host; waits for /ping unless told not to."""
     server = HostProcess(env, log_path)
     return server.wait_ready(timeout=60) if wait else server
+
+
+def retry_while_504(send, timeout=30):
+    """send() (one request) again while nginx answers it 504, for up to timeout seconds;
+    its last answer. For a test's short MODEL_SERVER_TIMEOUT: a correct server answers 504
+    when the machine stalls it that long, or when its worker is still starting."""
+    deadline = time.monotonic() + timeout
+    response = send()
+    while response.status_code == 504 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        response = send()
+    return response
 
 
 @pytest.fixture

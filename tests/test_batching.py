@@ -23,7 +23,7 @@ import model
 import predictor
 from batcher import Batcher
 from bad_requests import check_error
-from conftest import PLUGINS, TRAIN, wait_until
+from conftest import PLUGINS, TRAIN, retry_while_504, wait_until
 from fanout import MIN_PART_CHARACTERS, PART_HEADER, PARTS_PER_WORKER, Fanout
 from settings import Settings
 
@@ -335,7 +335,9 @@ def test_a_request_over_the_timeout_gets_a_json_504_and_the_worker_survives(
         serve_with_plugins):
     """A short text that takes the model 3 s (test_sleep): nothing could have told in
     advance, so nginx answers 504 at MODEL_SERVER_TIMEOUT; the worker lives on."""
-    server = serve_with_plugins(MODEL_SERVER_TIMEOUT=1, MODEL_SERVER_WORKERS=1,
+    # Less than test_sleep's 3 s; not 1 s, which a stall of the machine could exceed on
+    # the request below that must answer 200.
+    server = serve_with_plugins(MODEL_SERVER_TIMEOUT=2, MODEL_SERVER_WORKERS=1,
                                 LOG_LEVEL="DEBUG")
     before = worker_pids(server)
     calls = len(pipe_calls_logged(server))
@@ -347,7 +349,8 @@ def test_a_request_over_the_timeout_gets_a_json_504_and_the_worker_survives(
     # earlier, it would wait behind the sleep for longer than the timeout too).
     wait_until(lambda: len(pipe_calls_logged(server)) > calls,
                "the worker never finished the abandoned request", interval=0.1)
-    answer = requests.post(f"{server.url}/invocations", json={"text": TEXTS[0]}, timeout=30)
+    answer = retry_while_504(lambda: requests.post(f"{server.url}/invocations",
+                                                   json={"text": TEXTS[0]}, timeout=30))
     assert answer.status_code == 200 and answer.json()["entities"]
     assert worker_pids(server) == before
 
@@ -392,7 +395,9 @@ def test_serve_merges_the_requests_queued_behind_a_busy_model_and_keeps_the_voca
 
 
 def test_a_worker_stuck_in_the_model_is_replaced(serve_with_plugins):
-    server = serve_with_plugins(MODEL_SERVER_WORKERS=1, MODEL_SERVER_TIMEOUT=1)
+    # test_stall never returns, so any timeout is over; not 1 s, which a stall of the
+    # machine could exceed on the request below that must answer 200.
+    server = serve_with_plugins(MODEL_SERVER_WORKERS=1, MODEL_SERVER_TIMEOUT=2)
     before = worker_pids(server)
     response = requests.post(f"{server.url}/invocations", json={"text": "STALL here"},
                              timeout=30)
@@ -401,14 +406,17 @@ def test_a_worker_stuck_in_the_model_is_replaced(serve_with_plugins):
     # WORKER_BACKSTOP_SECONDS (10) after the timeout, the watchdog ends the worker.
     wait_until(lambda: worker_pids(server) and worker_pids(server) != before,
                "the stuck worker was not replaced", timeout=40, interval=0.1)
-    answer = requests.post(f"{server.url}/invocations", json={"text": TEXTS[0]}, timeout=30)
+    # The new worker may still be starting.
+    answer = retry_while_504(lambda: requests.post(f"{server.url}/invocations",
+                                                   json={"text": TEXTS[0]}, timeout=30))
     assert [e["text"] for e in answer.json()["entities"]] == ["Alice", "Acme", "Paris"]
     assert "the model is stuck" in server.logs()
     assert server.proc.poll() is None, "serve itself must keep running"
 
 
 @pytest.mark.parametrize("workers,characters,expected", [
-    # A 1 MB mini-batch on 2 workers: 16 parts, not 7 of a whole merged call each.
+    # A 1 MB mini-batch on 2 workers: 2 x PARTS_PER_WORKER parts, not 7 of a whole merged
+    # call each.
     (2, 700_000, 700_000 // (2 * PARTS_PER_WORKER)),
     # A larger request: parts as large as one merged call may be, no larger.
     (2, 10_000_000, 100_000),

@@ -225,7 +225,8 @@ def test_the_rendered_nginx_conf_holds_one_mode_and_nginx_accepts_it(tmp_path, m
 
 # What the stand-in does is in its url folder's `behave` file: "ready" (with a child in
 # its session, as gunicorn is), "invalid" (wsgi.py's report of a ModelError), "exit",
-# "kill" (SIGKILL, as the OOM killer would), "slow" (ready after a moment).
+# "kill" (SIGKILL, as the OOM killer would), "slow" (ready once the test creates `go` in
+# the url folder, or after a minute).
 STAND_IN = textwrap.dedent("""\
     import json, os, signal, subprocess, sys, time
     folder = sys.argv[1]
@@ -239,7 +240,9 @@ STAND_IN = textwrap.dedent("""\
     if behave == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     if behave == "slow":
-        time.sleep(0.5)
+        gate, deadline = os.path.join(os.environ["SM_MODEL_DIR"], "go"), time.monotonic() + 60
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.01)
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     with open(os.path.join(folder, "pids"), "w") as f:
         f.write(f"{os.getpid()} {child.pid}")
@@ -348,11 +351,16 @@ def test_loads_of_different_models_run_at_once_and_a_loading_name_is_409(manager
                for n in urls]
     for t in threads:
         t.start()
-    wait_until(lambda: len(manager.table) == 2, "both loading")
-    assert error_of(lambda: load(manager, "a", urls["a"]))[:2] == (409, "model_already_loaded")
-    assert error_of(lambda: manager.handle("GET", "/models/a", b""))[0] == 404  # not yet
-    for t in threads:
-        t.join()
+    try:
+        wait_until(lambda: len(manager.table) == 2, "both loading")
+        assert error_of(lambda: load(manager, "a", urls["a"]))[:2] == (
+            409, "model_already_loaded")
+        assert error_of(lambda: manager.handle("GET", "/models/a", b""))[0] == 404  # not yet
+    finally:  # only now may the stand-ins go ready: both stayed loading until here
+        for url in urls.values():
+            open(os.path.join(url, "go"), "w").close()
+        for t in threads:
+            t.join()
     assert {n: a[0] for n, a in answers.items()} == {"a": 200, "b": 200}
 
 

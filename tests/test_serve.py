@@ -7,6 +7,7 @@ workers, SAGEMAKER_BIND_TO_PORT, and a model unpacked into /opt/ml/model.
 import importlib.machinery
 import importlib.util
 import json
+import math
 import os
 import re
 import shutil
@@ -23,9 +24,12 @@ import requests
 
 from bad_requests import (LARGE_HEADERS, LONG_QUERY, check_error, check_over_http,
                           each_bad_request, send_every_bad_request)
-from conftest import TRAIN, PROGRAM_DIR, free_port, serve_env, start_host_server, wait_until
+from batcher import MAX_TEXTS_PER_CALL
+from conftest import (TRAIN, PROGRAM_DIR, free_port, retry_while_504, serve_env,
+                      start_host_server, wait_until)
 from fanout import MIN_PART_CHARACTERS, PARTS_PER_WORKER
 from harness.servers import ping_status
+from model import TEXT_WORK, work
 from samples import APPLE, APPLE_ENTITIES, batch_of
 
 TRAIN_TEXT = TRAIN[0][0]  # a sentence the tiny model of the plugin tests knows
@@ -44,6 +48,23 @@ def gunicorn_workers(server):
                if "gunicorn" in " ".join(p.cmdline())]
     assert len(masters) == 1, masters
     return masters[0].pid, sorted(p.pid for p in masters[0].children())
+
+
+def batch_lasting(server, seconds):
+    """A `texts` request that keeps one worker's model busy for at least about `seconds`
+    on any machine: as many characters (as model.work counts them) as the server says,
+    in its start-up log, that one worker runs in that time. Paragraphs of batch_of's
+    sentences, fewer than one merged call may take (MAX_TEXTS_PER_CALL)."""
+    rate = float(re.search(r"one worker runs about (\d+) characters a second",
+                           server.logs())[1])
+    paragraphs = MAX_TEXTS_PER_CALL // 4
+    # A paragraph's work: its sentences' characters but spaces (the first sentence has
+    # the fewest), and TEXT_WORK once.
+    least = work(batch_of(1)["texts"][0]) - TEXT_WORK
+    per_paragraph = math.ceil(rate * seconds / (paragraphs * least))
+    sentences = batch_of(paragraphs * per_paragraph)["texts"]
+    return {"texts": [" ".join(sentences[i:i + per_paragraph])
+                      for i in range(0, len(sentences), per_paragraph)]}
 
 
 def assert_port_free(port):
@@ -337,11 +358,21 @@ def test_ping_says_503_while_every_gunicorn_process_is_stopped_and_200_once_resu
 
 def test_a_worker_busy_for_longer_than_the_health_window_keeps_ping_at_200(start_server):
     """Busy is not dead: both workers run one long nlp.pipe call each, for longer than
-    MODEL_SERVER_HEALTH_SECONDS, while /ping is asked ten times a second."""
-    # A loaded machine may take minutes; a 504 would end the busy time early.
-    server = start_server(MODEL_SERVER_HEALTH_SECONDS=HEALTH_SECONDS, MODEL_SERVER_TIMEOUT=600)
-    # A request over MODEL_SERVER_BATCH_CHARACTERS runs alone in one call, never split.
-    batch = batch_of(4000)
+    MODEL_SERVER_HEALTH_SECONDS, while /ping is asked ten times a second.
+
+    The real model, not test_hold: test_hold's loop lets go of the GIL at every look (a
+    stat) for its release file, and what counts here is that a worker's main thread still
+    beats while a real model call runs."""
+    # A loaded machine may take minutes; a 504 would end the busy time early. One thread a
+    # worker, so that each worker takes one of the two requests; a batch cap over their
+    # size, so that each runs whole in one call.
+    server = start_server(MODEL_SERVER_HEALTH_SECONDS=HEALTH_SECONDS, MODEL_SERVER_TIMEOUT=600,
+                          MODEL_SERVER_THREADS=1, MODEL_SERVER_BATCH_CHARACTERS=100_000_000)
+    # /ping says 200 once one worker answers; the other may still be forking.
+    wait_until(lambda: len(gunicorn_workers(server)[1]) == 2, "gunicorn started no 2 workers")
+    # Twice the window and its slack: room for a rate measured at start-up while the
+    # machine was busier than it is now.
+    batch = batch_lasting(server, 2 * (HEALTH_SECONDS + HEALTH_SLACK))
     answers = []
     busy = [threading.Thread(target=lambda: answers.append(invoke(server, batch, timeout=600)))
             for _ in range(2)]
@@ -362,11 +393,15 @@ def test_a_worker_busy_for_longer_than_the_health_window_keeps_ping_at_200(start
 
 
 def test_replacing_the_only_worker_does_not_make_ping_503(start_server):
-    server = start_server(MODEL_SERVER_WORKERS=1, MODEL_SERVER_HEALTH_SECONDS=HEALTH_SECONDS)
+    # The default window, not the shortest (HEALTH_SECONDS): within the window the new
+    # worker must fork and beat for health.SETTLE_SECONDS, and in the shortest one a stall
+    # of the machine of a few seconds meanwhile would make the 503 real.
+    window = 10
+    server = start_server(MODEL_SERVER_WORKERS=1, MODEL_SERVER_HEALTH_SECONDS=window)
     _, [worker] = gunicorn_workers(server)
     psutil.Process(worker).send_signal(signal.SIGKILL)
     killed = time.monotonic()
-    statuses = ping_statuses_until(server, killed + HEALTH_SECONDS + HEALTH_SLACK + 1,
+    statuses = ping_statuses_until(server, killed + window + HEALTH_SLACK + 1,
                                    stop=lambda status: status != 200)
     assert set(statuses) == {200}, statuses
     _, workers = gunicorn_workers(server)
@@ -427,20 +462,25 @@ def test_a_killed_worker_is_replaced_and_serving_goes_on(server):
 @pytest.mark.parametrize("content_type", ["application/json", "application/jsonlines"])
 def test_a_request_too_large_for_the_timeout_gets_413_at_once_naming_the_setting(
         start_server, content_type):
-    """Seconds of the real model's work against a 1 s timeout: refused before it runs,
+    """Seconds of the real model's work against a 2 s timeout: refused before it runs,
     rather than a 504 (or a retried mini-batch) after the timeout."""
-    server = start_server(MODEL_SERVER_TIMEOUT=1, MODEL_SERVER_WORKERS=1)
+    # Not 1 s, which a stall of the machine could exceed even on the 413.
+    timeout = 2
+    server = start_server(MODEL_SERVER_TIMEOUT=timeout, MODEL_SERVER_WORKERS=1)
     _, before = gunicorn_workers(server)
+    # Twice the timeout by the rate the server refuses by, whatever this machine's speed.
+    texts = batch_lasting(server, 2 * timeout)["texts"]
     if content_type == "application/json":
-        body = json.dumps(LONG_BATCH)
+        body = json.dumps({"texts": texts})
     else:
-        body = "".join(json.dumps(t) + "\n" for t in LONG_BATCH["texts"])
+        body = "".join(json.dumps(t) + "\n" for t in texts)
     response = requests.post(f"{server.url}/invocations", data=body, timeout=60,
                              headers={"Content-Type": content_type})
     check_error(response.status_code, response.headers, response.content, 413,
                 "too_large_for_timeout")
     assert "MODEL_SERVER_TIMEOUT" in response.json()["error"]["message"]
-    assert invoke(server, {"text": APPLE}).json() == {"entities": APPLE_ENTITIES}
+    assert retry_while_504(lambda: invoke(server, {"text": APPLE})).json() == {
+        "entities": APPLE_ENTITIES}
     assert gunicorn_workers(server)[1] == before
 
 
