@@ -7,7 +7,7 @@ Python built differently (the host's pyenv build against the image's Debian one)
 spaCy's speed by more than the differences being measured.
 
 usage: baseline.py --sentences N --workers N --latency-texts N [--paired-port PORT]
-                   [--transform-bytes B] [--long-document CHARS --reference whole|paragraphs]
+                   [--pipe-n] [--transform-bytes B] [--long-document CHARS --reference whole|paragraphs]
 Prints one JSON object on stdout.
 """
 
@@ -132,14 +132,19 @@ def paired(port, texts):
     return out
 
 
-def transform_yardstick(texts, n, file_bytes):
-    """nlp.pipe on n processes over the transform job's records (transform.py's layout),
-    as the batch-request goal's yardstick (pipe_n) runs the corpus: one untimed pass over
-    the corpus first, then the timed run."""
+def pipe_n(texts, n, timed=None):
+    """nlp.pipe on n processes over `timed` (default: the corpus), as measure() times
+    pipe_n: the pipeline loaded, one untimed pass over the corpus first, then the timed
+    run. A yardstick measured again beside what it is held against (bench.py)."""
     inprocess.load()
     inprocess.pipe_one_process(texts)
-    figures, _ = inprocess.pipe_processes(transform.record_texts(texts, file_bytes), n)
+    figures, _ = inprocess.pipe_processes(texts if timed is None else timed, n)
     return _rounded(figures)
+
+
+def transform_yardstick(texts, n, file_bytes):
+    """pipe_n over the transform job's records (transform.py's layout)."""
+    return pipe_n(texts, n, transform.record_texts(texts, file_bytes))
 
 
 def main():
@@ -149,6 +154,8 @@ def main():
     parser.add_argument("--latency-texts", type=int, required=True)
     parser.add_argument("--paired-port", type=int,
                         help="measure only the paired latency against the server on this port")
+    parser.add_argument("--pipe-n", action="store_true",
+                        help="measure only nlp.pipe on the workers' processes over the corpus")
     parser.add_argument("--transform-bytes", type=int,
                         help="measure only nlp.pipe over a transform job's records, files "
                         "of at least this many bytes (transform.py)")
@@ -157,7 +164,9 @@ def main():
     parser.add_argument("--reference", choices=["whole", "paragraphs"], default="whole")
     args = parser.parse_args()
     texts = corpus.sentences(args.sentences)
-    if args.transform_bytes:
+    if args.pipe_n:
+        out = {"pipe_n": pipe_n(texts, args.workers)}
+    elif args.transform_bytes:
         out = {"transform_pipe_n": transform_yardstick(texts, args.workers,
                                                        args.transform_bytes)}
     elif args.long_document:

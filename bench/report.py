@@ -25,20 +25,37 @@ def _at(rows, clients):
                 max(rows, key=lambda row: row["concurrency"]))
 
 
+def batch_ratio(r):
+    """(served batch requests / nlp.pipe on n processes, how it was measured): the median
+    of the rounds that alternate the two (bench.measure_batch_goal), or, in a run from
+    before those rounds, the sweep's best against the yardstick measured first."""
+    n = r["meta"]["workers"]
+    if "batch_goal" in r:
+        goal = r["batch_goal"]
+        return goal["ratio_pipe"], (
+            f"median of {len(goal['rounds'])} rounds alternating concurrency "
+            f"{goal['concurrency']} with nlp.pipe on {n} processes: "
+            + ", ".join(f"{x['served_docs_per_s']:.0f} / {x['pipe_n_docs_per_s']:.0f}"
+                        for x in goal["rounds"]) + " docs/s")
+    batch, yard = _best(r["served_batch"]), r["baseline"]["pipe_n"]["docs_per_s"]
+    return batch["docs_per_s"] / yard, (f"{batch['docs_per_s']:.0f} / {yard:.0f} docs/s, "
+                                        "the yardstick measured once, first")
+
+
 def goals(r):
     """[{goal, target, measured, met}]; met is None where the figure was not measured."""
     n = r["meta"]["workers"]
     base = r["baseline"]
-    yard = base["pipe_n"]["docs_per_s"]
     batch = _best(r["served_batch"])
     limit = r["single_text_limit"]
     over = r["single_text_overhead"]
     soak = r["soak"]["after"]
+    ratio, how = batch_ratio(r)
     out = [
         ("batch requests: served docs/s / in-process nlp.pipe on %d processes" % n,
-         ">= 0.9", batch["docs_per_s"] / yard, lambda v: v >= 0.9,
-         f"{batch['docs_per_s']:.0f} / {yard:.0f} docs/s (concurrency {batch['concurrency']}); "
-         f"against nlp.pipe in batches of 64 on {n} processes: "
+         ">= 0.9", ratio, lambda v: v >= 0.9,
+         f"{how}; the sweep's best, {batch['docs_per_s']:.0f} docs/s (concurrency "
+         f"{batch['concurrency']}), against nlp.pipe in batches of 64 on {n} processes: "
          f"{batch['docs_per_s'] / base['pipe_n_batches_of_64']['docs_per_s']:.2f}, the same "
          f"in memory zones as the server runs them: "
          f"{batch['docs_per_s'] / base['pipe_n_batches_of_64_in_zones']['docs_per_s']:.2f}"),
@@ -603,10 +620,11 @@ def headline_table(r):
     lines = [f"From the run of {m['date']} (`bench/results/results.json`): {mach['cpu']}, "
              f"{mach['cores']} cores shared with the load generator; target {m['target']}, "
              f"{n} workers.", "", "| what | measured |", "|---|---|"]
-    batch, yard = _best(r["served_batch"]), r["baseline"]["pipe_n"]["docs_per_s"]
+    batch = _best(r["served_batch"])
     lines.append(f"| batch requests (`texts` of {m['corpus']['batch_size']}) | "
-                 f"{batch['docs_per_s']:.0f} docs/s, {batch['docs_per_s'] / yard:.2f} of "
-                 f"in-process `nlp.pipe` on {n} processes |")
+                 f"{batch['docs_per_s']:.0f} docs/s, {batch_ratio(r)[0]:.2f} of "
+                 f"in-process `nlp.pipe` on {n} processes"
+                 f"{' (measured alternately)' if 'batch_goal' in r else ''} |")
     limit = r["single_text_limit"]
     lines.append(f"| one-text requests from {limit['clients']} clients | "
                  f"{limit['served_docs_per_s']:.0f} docs/s, "

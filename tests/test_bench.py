@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import ROOT, docker_ready, in_ci
@@ -136,6 +137,21 @@ def test_served_sections_hold_positive_figures_and_ratios(quick_run, section):
         assert all(positive(r["ratio_calls"]) for r in rows)
     if section == "served_single":  # the latency overhead goal needs one request at a time
         assert any(r["concurrency"] == 1 for r in rows)
+
+
+def test_the_batch_goal_alternates_served_runs_with_a_yardstick_measured_anew(quick_run):
+    _, results, _ = quick_run
+    goal = results["batch_goal"]
+    assert goal["concurrency"] == 2 * results["meta"]["workers"] and goal["rounds"]
+    for r in goal["rounds"]:
+        assert positive(r["served_docs_per_s"]) and positive(r["pipe_n_docs_per_s"])
+        assert r["ratio_pipe"] == pytest.approx(
+            r["served_docs_per_s"] / r["pipe_n_docs_per_s"], abs=0.002)
+    assert goal["ratio_pipe"] == pytest.approx(
+        float(np.median([r["ratio_pipe"] for r in goal["rounds"]])))
+    assert results["correctness"]["batch_goal"]["mismatches"] == 0
+    batch = next(g for g in results["goals"] if g["goal"].startswith("batch requests"))
+    assert batch["measured"] == pytest.approx(goal["ratio_pipe"], abs=0.001)
 
 
 def test_ping_cold_start_memory_and_image_sections(quick_run):
