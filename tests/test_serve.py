@@ -50,6 +50,13 @@ def gunicorn_workers(server):
     return masters[0].pid, sorted(p.pid for p in masters[0].children())
 
 
+def both_workers(server):
+    """(master pid, worker pids) once gunicorn runs both default workers: /ping says 200
+    once one worker answers, and with --preload the other may still be forking then."""
+    wait_until(lambda: len(gunicorn_workers(server)[1]) == 2, "gunicorn started no 2 workers")
+    return gunicorn_workers(server)
+
+
 def batch_lasting(server, seconds):
     """A `texts` request that keeps one worker's model busy for at least about `seconds`
     on any machine: as many characters (as model.work counts them) as the server says,
@@ -257,9 +264,7 @@ def test_ping_stays_fast_while_every_worker_is_busy(serve_with_plugins, hold):
     # One thread a worker: the worker holding the first request accepts no second one,
     # so the two HOLD requests reach one worker each.
     server = serve_with_plugins(MODEL_SERVER_THREADS=1, **hold.env)
-    # /ping says 200 once one worker answers; the other may still be forking.
-    wait_until(lambda: len(gunicorn_workers(server)[1]) == 2, "gunicorn started no 2 workers")
-    _, workers = gunicorn_workers(server)
+    _, workers = both_workers(server)
     answers = []
 
     def request():
@@ -330,7 +335,7 @@ def ping_statuses_until(server, deadline, stop=lambda status: False):
 def test_ping_says_503_while_every_gunicorn_process_is_stopped_and_200_once_resumed(
         start_server):
     server = start_server(MODEL_SERVER_HEALTH_SECONDS=HEALTH_SECONDS)
-    wait_until(lambda: len(gunicorn_workers(server)[1]) == 2, "gunicorn started no 2 workers")
+    both_workers(server)
     processes = stop_gunicorn(server)
     assert len(processes) == 3, processes
     try:
@@ -368,8 +373,7 @@ def test_a_worker_busy_for_longer_than_the_health_window_keeps_ping_at_200(start
     # size, so that each runs whole in one call.
     server = start_server(MODEL_SERVER_HEALTH_SECONDS=HEALTH_SECONDS, MODEL_SERVER_TIMEOUT=600,
                           MODEL_SERVER_THREADS=1, MODEL_SERVER_BATCH_CHARACTERS=100_000_000)
-    # /ping says 200 once one worker answers; the other may still be forking.
-    wait_until(lambda: len(gunicorn_workers(server)[1]) == 2, "gunicorn started no 2 workers")
+    both_workers(server)
     # Twice the window and its slack: room for a rate measured at start-up while the
     # machine was busier than it is now.
     batch = batch_lasting(server, 2 * (HEALTH_SECONDS + HEALTH_SLACK))

@@ -10,9 +10,9 @@ other core idle.
 So the worker that holds a request of several groups (stream.py's lines, or a long text's
 pieces) becomes its coordinator: it sends each group to gunicorn's own socket as a part
 request (PART_HEADER, never fanned out again), one per worker at a time and one more
-(IN_FLIGHT_BEYOND_WORKERS), and puts the answers back in order. gunicorn gives each part to whichever worker accepts it first,
-an idle one before a busy one (worker.py), and there it merges with that worker's other
-requests like any request (batcher.py). A part is a short JSON Lines body of texts; its
+(IN_FLIGHT_BEYOND_WORKERS), and puts the answers back in order. gunicorn gives each part
+to whichever worker accepts it first, an idle one before a busy one (worker.py), and
+there it merges with that worker's other requests like any request (batcher.py). A part is a short JSON Lines body of texts; its
 cost beside the model's is a JSON round trip.
 
 A coordinator holds a thread while its parts hold others. So that parts always find a
@@ -119,7 +119,7 @@ class Fanout:
         # let the rest of a large body pile up in memory.
         # A request that ends early leaves its parts to finish alone: daemon threads that
         # end with their connections, whose answers no one reads.
-        answered = queue.SimpleQueue()
+        finished = queue.SimpleQueue()  # each part puts itself here once answered
         pending = collections.deque()  # in order: running or answered, not yet yielded
         running, more = 0, True
         while True:
@@ -129,26 +129,26 @@ class Fanout:
                 if texts is None:
                     more = False
                     break
-                pending.append(_Part(self.socket_path, texts, timeout, answered))
+                pending.append(_Part(self.socket_path, texts, timeout, finished))
                 running += 1
             while pending and pending[0].answered:
                 yield pending.popleft().result()
             if not pending and not more:
                 return
             if running:
-                answered.get()
+                finished.get()
                 running -= 1
 
 
 class _Part(threading.Thread):
     """One group of texts sent to gunicorn's socket, answered on a thread of its own."""
 
-    def __init__(self, socket_path, texts, timeout, answered):
+    def __init__(self, socket_path, texts, timeout, finished):
         super().__init__(name="part", daemon=True)
         self.socket_path, self.texts, self.timeout = socket_path, texts, timeout
         self.records = self.error = None
         self.answered = False
-        self._queue = answered  # told when this part is answered (or failed)
+        self._finished = finished  # told when this part is answered (or failed)
         self.start()
 
     def run(self):
@@ -170,7 +170,7 @@ class _Part(threading.Thread):
         finally:
             conn.close()
             self.answered = True
-            self._queue.put(self)
+            self._finished.put(self)
 
     def result(self):
         self.join()
