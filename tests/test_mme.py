@@ -386,9 +386,18 @@ def test_a_load_that_does_not_fit_the_memory_limit_is_507_and_the_container_live
     for name in loaded:  # every model that was loaded still answers
         assert e.invoke(name, {"text": TINY_TEXT}).json() == {"entities": TINY_ENTITIES}
     assert e.oom_kills() == 0, e.logs()[-3000:]  # judged before the OOM killer acted
-    # SageMaker's answer to a 507: unload a model, load again.
-    assert e.unload(loaded[0]).status_code == 200
-    assert e.load(refused).status_code == 200
+    # SageMaker's answer to a 507: it unloads unused models, least recently used first, and
+    # loads again. The manager's estimate is kept on the safe side (a load's highest PSS,
+    # the largest correction of the last few), so one unload may not be enough; with every
+    # other model gone the container is back where the first load fitted.
+    for unloaded, name in enumerate(loaded, 1):
+        assert e.unload(name).status_code == 200
+        again = e.load(refused)
+        if again.status_code != 507:
+            break
+    assert again.status_code == 200, (unloaded, again.text, e.logs()[-3000:])
+    assert e.invoke(refused, {"text": TINY_TEXT}).json() == {"entities": TINY_ENTITIES}
+    assert e.oom_kills() == 0
 
 
 def test_sigterm_stops_every_model_and_the_container_exits_0(start_endpoint):
