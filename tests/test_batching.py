@@ -417,7 +417,7 @@ def test_a_worker_stuck_in_the_model_is_replaced(serve_with_plugins):
 @pytest.mark.parametrize("workers,characters,expected", [
     # A 1 MB mini-batch on 2 workers: 2 x PARTS_PER_WORKER parts, not 7 of a whole merged
     # call each.
-    (2, 700_000, 700_000 // (2 * PARTS_PER_WORKER)),
+    (2, 700_000, -(-700_000 // (2 * PARTS_PER_WORKER))),
     # A larger request: parts as large as one merged call may be, no larger.
     (2, 10_000_000, 100_000),
     # A little over one merged call: not below MIN_PART_CHARACTERS, each part costing a

@@ -9,16 +9,17 @@ other core idle.
 
 So the worker that holds a request of several groups (stream.py's lines, or a long text's
 pieces) becomes its coordinator: it sends each group to gunicorn's own socket as a part
-request (PART_HEADER, never fanned out again), one per worker at a time and one more
+request (PART_HEADER, never fanned out again), one per worker at a time and a few more waiting
 (IN_FLIGHT_BEYOND_WORKERS), and puts the answers back in order. gunicorn gives each part
 to whichever worker accepts it first, an idle one before a busy one (worker.py), and
 there it merges with that worker's other requests like any request (batcher.py). A part is a short JSON Lines body of texts; its
 cost beside the model's is a JSON round trip.
 
 A coordinator holds a thread while its parts hold others. So that parts always find a
-thread, a worker with T threads, of W workers, runs at most T / (W + 2) coordinators:
-with W + 1 parts each in flight, they hold at most as many connections as all the workers
-have threads, and every other request ends without waiting on anyone. A request that
+thread, a worker with T threads, of W workers, runs at most T / (W + 1 + B) coordinators
+(B: IN_FLIGHT_BEYOND_WORKERS): with W + B parts each in flight, they hold at most as many
+connections as all the workers have threads, and every other request ends without waiting
+on anyone. A request that
 finds no coordinator's place free runs its groups in its own worker, as it would with one
 worker (and as the Flask app does where there is no gunicorn socket: the tests).
 """
@@ -38,16 +39,20 @@ PART_HEADER = "X-Ner-Part"
 # A shared request is cut into at least this many parts per worker. Its last part runs
 # while the other workers have nothing left of it, and a transform job's client sends its
 # next mini-batch only once this one is answered: small parts keep that tail short.
-PARTS_PER_WORKER = 16
+PARTS_PER_WORKER = 32
 # But none smaller than this (unless a merged call is smaller still): each part costs an
 # HTTP round trip on gunicorn's socket.
 MIN_PART_CHARACTERS = 10_000
 # Parts in flight beyond one per worker: waiting in a worker's queue (batcher.py), the
 # next part starts as soon as that worker's current one ends, without waiting for the
-# round trip through the coordinator's thread.
-IN_FLIGHT_BEYOND_WORKERS = 1
-# Answered parts held while an earlier one still runs, per worker (_share).
-PARTS_AHEAD = 2
+# round trip through the coordinator's thread, which shares its worker's GIL with a model
+# call and so answers late. gunicorn gives a waiting part to either busy worker, so with
+# one waiting the other worker often found none when its part ended and sat idle; with
+# two, on 2 workers, each usually has one.
+IN_FLIGHT_BEYOND_WORKERS = 2
+# Answered parts held while an earlier one still runs, per worker (_share): room for the
+# parts in flight and as many answered beside them.
+PARTS_AHEAD = 4
 
 
 class _UnixConnection(http.client.HTTPConnection):
