@@ -9,19 +9,20 @@ other core idle.
 
 So the worker that holds a request of several groups (stream.py's lines, or a long text's
 pieces) becomes its coordinator: it sends each group to gunicorn's own socket as a part
-request (PART_HEADER, never fanned out again), one per worker at a time and a few more waiting
-(IN_FLIGHT_BEYOND_WORKERS), and puts the answers back in order. gunicorn gives each part
-to whichever worker accepts it first, an idle one before a busy one (worker.py), and
-there it merges with that worker's other requests like any request (batcher.py). A part is a short JSON Lines body of texts; its
-cost beside the model's is a JSON round trip.
+request (PART_HEADER, never fanned out again), one per worker at a time and a few more
+waiting (IN_FLIGHT_BEYOND_WORKERS), and puts the answers back in order. gunicorn gives
+each part to whichever worker accepts it first, an idle one before a busy one
+(worker.py), and there it merges with that worker's other requests like any request
+(batcher.py). A part is a short JSON Lines body of texts; its cost beside the model's is
+a JSON round trip.
 
 A coordinator holds a thread while its parts hold others. So that parts always find a
 thread, a worker with T threads, of W workers, runs at most T / (W + 1 + B) coordinators
 (B: IN_FLIGHT_BEYOND_WORKERS): with W + B parts each in flight, they hold at most as many
 connections as all the workers have threads, and every other request ends without waiting
-on anyone. A request that
-finds no coordinator's place free runs its groups in its own worker, as it would with one
-worker (and as the Flask app does where there is no gunicorn socket: the tests).
+on anyone. A request that finds no coordinator's place free runs its groups in its own
+worker, as it would with one worker (and as the Flask app does where there is no gunicorn
+socket: the tests).
 """
 
 import collections
