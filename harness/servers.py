@@ -198,7 +198,7 @@ class MultiModelEndpoint(Container):
     """The image as a multi-model endpoint (SAGEMAKER_MULTI_MODEL=true): `store` mounted
     read-only as /opt/ml/models, where SageMaker unpacks each model.tar.gz
     (/opt/ml/models/<name>/model), and the calls SageMaker makes to load, invoke and unload
-    a model (container/NER/models.py). Each answers the `requests` response."""
+    a model (container/NER/manager.py). Each answers the `requests` response."""
 
     def __init__(self, image, store, run_args=(), env=None, **kwargs):
         super().__init__(image, ("-v", f"{store}:/opt/ml/models:ro", *run_args),

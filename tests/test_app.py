@@ -7,11 +7,13 @@ import json
 
 import pytest
 
-import model
+import capacity
+import pipeline
 import predictor
 from bad_requests import check_error, each_app_bad_request
 from conftest import TRAIN
 from settings import Settings
+from tuning import SUGGESTED_MAX_PAYLOAD_MB
 
 SENTENCE = "Alice works at Acme in Paris."
 EXPECTED = [
@@ -28,7 +30,7 @@ def settings(tiny_model):
 
 @pytest.fixture(scope="module")
 def client(settings):
-    return predictor.create_app(model.load(settings), settings).test_client()
+    return predictor.create_app(pipeline.load(settings), settings).test_client()
 
 
 def invoke(client, body, content_type="application/json", **headers):
@@ -135,7 +137,7 @@ def test_json_is_the_default_answer(client, accept):
 
 
 def test_sagemaker_default_invocations_accept_answers_requests_without_accept(settings):
-    nlp = model.load(settings)
+    nlp = pipeline.load(settings)
     lines = Settings.from_env({"SPACY_MODEL": settings.spacy_model,
                                "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "application/jsonlines"})
     client = predictor.create_app(nlp, lines).test_client()
@@ -171,8 +173,8 @@ def test_execution_parameters_describe_batch_transform(client):
     params = client.get("/execution-parameters").get_json()
     assert params["MaxConcurrentTransforms"] == 3  # one request per worker
     assert params["BatchStrategy"] == "MULTI_RECORD"
-    # Never more than the server itself accepts (SAGEMAKER_MAX_PAYLOAD_IN_MB, 6 here).
-    assert 1 <= params["MaxPayloadInMB"] <= 6
+    # The least a job can ask for (tuning.py says why), within what the server accepts.
+    assert params["MaxPayloadInMB"] == SUGGESTED_MAX_PAYLOAD_MB == 1
 
 
 @pytest.mark.parametrize("rate,env,expected", [
@@ -190,17 +192,7 @@ def test_execution_parameters_describe_batch_transform(client):
 def test_the_payload_within_the_timeout_is_what_one_worker_runs_in_half_of_it(rate, env,
                                                                                expected):
     settings = Settings.from_env({"MODEL_SERVER_WORKERS": "2", **env})
-    assert predictor.payload_within_timeout_mb(rate, settings) == expected
-
-
-@pytest.mark.parametrize("rate,env", [
-    (100_000, {"SAGEMAKER_BATCH": "true"}),  # 28 MB would fit
-    (100_000, {}),  # 2 MB would fit
-    (1_000, {}),  # not even 1 MB fits: 1 MB, the least a job can ask for
-])
-def test_the_suggested_payload_is_the_small_one_whatever_fits(rate, env):
-    settings = Settings.from_env({"MODEL_SERVER_WORKERS": "2", **env})
-    assert predictor.suggested_payload_mb(rate, settings) == predictor.SUGGESTED_MAX_PAYLOAD_MB == 1
+    assert capacity.payload_within_timeout_mb(rate, settings) == expected
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +213,7 @@ def ruler_model(tmp_path_factory):
 
 def ruler_app(path, **env):
     settings = Settings.from_env({"SPACY_MODEL": str(path), **env})
-    return predictor.create_app(model.load(settings), settings).test_client()
+    return predictor.create_app(pipeline.load(settings), settings).test_client()
 
 
 @pytest.fixture(scope="module")

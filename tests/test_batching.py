@@ -19,12 +19,14 @@ import pytest
 import requests
 import spacy
 
-import model
+import pipeline
 import predictor
 from batcher import Batcher
+from cutting import Limit
 from bad_requests import check_error
 from conftest import PLUGINS, TRAIN, retry_while_504, wait_until
-from fanout import MIN_PART_CHARACTERS, PART_HEADER, PARTS_PER_WORKER, Fanout
+from fanout import PART_HEADER, Fanout
+from tuning import MIN_PART_CHARACTERS, PARTS_PER_WORKER
 from settings import Settings
 
 import ner_test_components as components  # noqa: E402 (conftest puts PLUGINS on the path)
@@ -51,7 +53,7 @@ def make_app(misbehaving_model):
     yield make
     components.release()  # never leave a thread holding the model waiting on HOLD
     for application in apps:
-        application.extensions["batcher"].close()
+        application.runner.batcher.close()
 
 
 @pytest.fixture
@@ -59,12 +61,12 @@ def app(make_app):
     return make_app()
 
 
-def app_with(pipeline, **env):
+def app_with(model_dir, **env):
     """The app around the pipeline, every component on; the test components' state reset
     after the model's own warm-up call."""
-    settings = Settings.from_env({"SPACY_MODEL": str(pipeline), "SPACY_FULL_PIPELINE": "true",
+    settings = Settings.from_env({"SPACY_MODEL": str(model_dir), "SPACY_FULL_PIPELINE": "true",
                                   **env})
-    application = predictor.create_app(model.load(settings), settings)
+    application = predictor.create_app(pipeline.load(settings), settings)
     components.reset()
     return application
 
@@ -82,7 +84,7 @@ class Held:
 
     def __init__(self, app, pool):
         self.app, self.pool = app, pool
-        self.batcher = app.extensions["batcher"]
+        self.batcher = app.runner.batcher
         self.first = pool.submit(post, app, {"text": "HOLD Alice works at Acme in Paris."})
         wait_until(components.holding.is_set, "the HOLD request never reached the model")
 
@@ -225,7 +227,7 @@ def test_a_component_raising_what_is_no_exception_fails_its_request_alone(app, m
         assert all(f.result(timeout=30).status_code == 200 for f in good)
     after = post(app, {"text": TEXTS[0]})
     assert after.status_code == 200 and after.get_json()["entities"]
-    assert not app.extensions["batcher"].busy and app.extensions["batcher"].queued() == 0
+    assert not app.runner.batcher.busy and app.runner.batcher.queued() == 0
 
 
 def test_an_answer_given_is_never_replaced():
@@ -255,7 +257,7 @@ def test_a_stuck_model_call_wakes_the_watchdog():
     stuck = threading.Event()
     nlp = spacy.blank("en")
     nlp.add_pipe("test_stall")
-    batcher = Batcher(nlp, 1000, timeout=60, stuck_seconds=1,
+    batcher = Batcher(nlp, Limit(1000), timeout=60, stuck_seconds=1,
                       on_stuck=lambda seconds: stuck.set())
     caller = threading.Thread(target=batcher.predict, args=(["STALL"],))
     caller.start()
@@ -277,7 +279,7 @@ def test_a_request_cut_by_the_cap_that_fails_leaves_the_model_to_the_next(marker
     nlp = spacy.blank("en")
     nlp.add_pipe("test_raise")
     nlp.add_pipe("test_exit")
-    batcher = Batcher(nlp, 10, timeout=60, stuck_seconds=60)
+    batcher = Batcher(nlp, Limit(10), timeout=60, stuck_seconds=60)
     try:
         with pytest.raises(Exception):
             batcher.predict(["a" * 10, f"{marker} b", "c" * 10])
@@ -302,7 +304,7 @@ def test_no_merged_call_takes_more_than_1024_texts_however_short(app, content_ty
 
 
 def test_novel_words_leave_the_vocabulary_as_it_was(app, misbehaving_model):
-    nlp_strings = app.extensions["batcher"].nlp.vocab.strings
+    nlp_strings = app.runner.batcher.nlp.vocab.strings
     post(app, {"texts": novel_words(10, seed=0)})
     before = len(nlp_strings)
     for seed in range(1, 21):
@@ -431,4 +433,4 @@ def test_a_worker_stuck_in_the_model_is_replaced(serve_with_plugins):
 def test_a_shared_request_is_cut_into_several_parts_per_worker(workers, characters, expected):
     fanout = Fanout(workers, threads=16)
     fanout.socket_path = "/run/gunicorn.sock"  # as worker.py sets it in a worker
-    assert fanout.part_characters(characters, most=100_000) == expected
+    assert fanout.part_limit(characters, Limit(100_000)) == Limit(expected)

@@ -1,7 +1,7 @@
 """A multi-model endpoint in the image: `docker run -e SAGEMAKER_MULTI_MODEL=true IMAGE
 serve`, the models mounted under /opt/ml/models as SageMaker unpacks them there
 (/opt/ml/models/<name>/model), loaded and unloaded through /models as SageMaker does it
-(models.py). The manager's own logic, without a server, is tests/test_models.py.
+(manager.py). The manager's own logic, without a server, is tests/test_manager.py.
 
 Beside the tiny model (and copies of it), two real pipelines: English (en_core_web_sm, the
 image's own) and French (fr_core_news_sm, Explosion's package, which the notebook's
@@ -80,8 +80,8 @@ class Endpoint(servers.MultiModelEndpoint):
         super().__init__(image, store, run_args, env, docker=docker)
 
     def memory_in_use(self):
-        """The container's working set, in bytes (models.cgroup_memory, run inside)."""
-        return int(self.exec("python", "-c", "import models; print(models.cgroup_memory()[1])"))
+        """The container's working set, in bytes (cgroups.cgroup_memory, run inside)."""
+        return int(self.exec("python", "-c", "import cgroups; print(cgroups.cgroup_memory()[1])"))
 
     def oom_kills(self):
         """How many processes the kernel's OOM killer ended in the container (cgroup v2)."""

@@ -4,8 +4,6 @@ These drive what SageMaker drives: /ping, /invocations through nginx, SIGTERM, d
 workers, SAGEMAKER_BIND_TO_PORT, and a model unpacked into /opt/ml/model.
 """
 
-import importlib.machinery
-import importlib.util
 import json
 import math
 import os
@@ -24,12 +22,13 @@ import requests
 
 from bad_requests import (LARGE_HEADERS, LONG_QUERY, check_error, check_over_http,
                           each_bad_request, send_every_bad_request)
-from batcher import MAX_TEXTS_PER_CALL
 from conftest import (TRAIN, PROGRAM_DIR, free_port, retry_while_504, serve_env,
                       start_host_server, wait_until)
-from fanout import MIN_PART_CHARACTERS, PARTS_PER_WORKER
 from harness.servers import ping_status
-from model import TEXT_WORK, work
+from capacity import work
+import launch
+from settings import Settings
+from tuning import MAX_TEXTS_PER_CALL, MIN_PART_CHARACTERS, PARTS_PER_WORKER, TEXT_WORK
 from samples import APPLE, APPLE_ENTITIES, batch_of
 
 TRAIN_TEXT = TRAIN[0][0]  # a sentence the tiny model of the plugin tests knows
@@ -159,14 +158,11 @@ def test_headers_larger_than_sagemaker_sends_reach_the_app(server):
 def test_nginx_waits_for_a_worker_no_longer_than_model_server_timeout_at_any_step(tmp_path):
     """Connecting to gunicorn, sending it the body and reading its answer: each is bounded
     by MODEL_SERVER_TIMEOUT, not by nginx's default of 60 s."""
-    loader = importlib.machinery.SourceFileLoader("serve", str(PROGRAM_DIR / "serve"))
-    serve = importlib.util.module_from_spec(importlib.util.spec_from_loader("serve", loader))
-    loader.exec_module(serve)
-    settings = serve.Settings.from_env({"MODEL_SERVER_TIMEOUT": "123"}, cpus=lambda: 1)
-    conf = open(serve.render_nginx_conf(settings, str(tmp_path))).read()
+    settings = Settings.from_env({"MODEL_SERVER_TIMEOUT": "123"}, cpus=lambda: 1)
+    conf = open(launch.render_nginx_conf(settings, str(tmp_path))).read()
     for directive in ("proxy_connect_timeout", "proxy_send_timeout", "proxy_read_timeout"):
         assert conf.count(f"{directive} ") == 1 and f"{directive} 123s;" in conf, directive
-    checked = subprocess.run([serve.find_nginx(), "-t", "-e", "stderr", "-p", str(tmp_path),
+    checked = subprocess.run([launch.find_nginx(), "-t", "-e", "stderr", "-p", str(tmp_path),
                               "-c", str(tmp_path / "nginx.conf")], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr
 
@@ -398,7 +394,7 @@ def test_a_worker_busy_for_longer_than_the_health_window_keeps_ping_at_200(start
 
 def test_replacing_the_only_worker_does_not_make_ping_503(start_server):
     # The default window, not the shortest (HEALTH_SECONDS): within the window the new
-    # worker must fork and beat for health.SETTLE_SECONDS, and in the shortest one a stall
+    # worker must fork and beat for tuning.SETTLE_SECONDS, and in the shortest one a stall
     # of the machine of a few seconds meanwhile would make the 503 real.
     window = 10
     server = start_server(MODEL_SERVER_WORKERS=1, MODEL_SERVER_HEALTH_SECONDS=window)

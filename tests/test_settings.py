@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from settings import Settings, SettingsError, available_cpus
+from cgroups import available_cpus
+from settings import Settings, SettingsError
 
 
 def one_cpu():
@@ -34,15 +35,17 @@ def test_every_setting_is_read():
         "SAGEMAKER_MAX_PAYLOAD_IN_MB": "4", "SPACY_MODEL": "my_model", "SM_MODEL_DIR": "/models",
         "SPACY_DEFAULT_MODEL": "/baked", "SPACY_FULL_PIPELINE": "yes", "LOG_LEVEL": "debug",
         "MODEL_SERVER_RECYCLE_MB": "64", "SAGEMAKER_MULTI_MODEL": "true",
-        "MODEL_SERVER_WORKERS_PER_MODEL": "2"},
+        "MODEL_SERVER_WORKERS_PER_MODEL": "2", "NER_HEARTBEAT_DIR": "/run/beats",
+        "NER_MODEL_FAILURE_FILE": "/run/failure.json", "NER_LOG_TAG": "model=m"},
         cpus=one_cpu)
-    assert s == Settings(port=9000, workers=3, batch=True, timeout=30, health_seconds=20,
+    assert s == Settings(port=9000, workers=3, timeout=30, health_seconds=20,
                          threads=4, batch_characters=5000, chunk_characters=2000,
                          max_text_characters=9000,
                          default_accept="text/html", max_payload_mb=4, spacy_model="my_model",
                          model_dir="/models", default_model="/baked", full_pipeline=True,
                          log_level="DEBUG", recycle_mb=64, multi_model=True,
-                         workers_per_model=2)
+                         workers_per_model=2, heartbeat_dir="/run/beats",
+                         failure_file="/run/failure.json", log_tag="model=m")
 
 
 @pytest.mark.parametrize("env,timeout,payload", [

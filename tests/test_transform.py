@@ -19,7 +19,7 @@ from harness.servers import host_env
 
 sys.path.insert(0, str(ROOT / "bench"))
 import corpus  # noqa: E402
-from predictor import SUGGESTED_MAX_PAYLOAD_MB  # noqa: E402
+from tuning import SUGGESTED_MAX_PAYLOAD_MB  # noqa: E402
 
 NOTEBOOK_PYTHON = ROOT / ".venv-notebook" / "bin" / "python"
 DRIVER = ROOT / "tests" / "transform_job.py"
@@ -58,9 +58,9 @@ def inputs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def nlp():
-    import model
+    import pipeline
     from settings import Settings
-    return model.load(Settings.from_env({"SM_MODEL_DIR": "/nonexistent"}))
+    return pipeline.load(Settings.from_env({"SM_MODEL_DIR": "/nonexistent"}))
 
 
 @pytest.mark.parametrize("job", [{"MaxPayloadInMB": 6}, {}],

@@ -23,18 +23,21 @@ from gunicorn.glogging import Logger
 import recycle
 import worker as worker_module
 from conftest import wait_until
-from worker import ACCEPT_DEFER_SECONDS, MergingThreadWorker
+from tuning import ACCEPT_DEFER_SECONDS
+from worker import MergingThreadWorker
 
 THREADS = 2
 
 
 class App:
-    """The WSGI app a worker runs: what worker.py reads of the Flask app (its batcher and
-    fanout extensions), and requests held until the test lets them go."""
+    """The WSGI app a worker runs: what worker.py reads of the Flask app (predictor.NerApp:
+    its runner's batcher and fanout, its settings), and requests held until the test lets
+    them go."""
 
     def __init__(self):
-        self.extensions = {"batcher": SimpleNamespace(busy=False),
-                           "fanout": SimpleNamespace(socket_path=None)}
+        self.runner = SimpleNamespace(batcher=SimpleNamespace(busy=False),
+                                      fanout=SimpleNamespace(socket_path=None))
+        self.settings = SimpleNamespace(heartbeat_dir="")
         self.go = threading.Event()
         self.go.set()
         self.started = threading.Semaphore(0)
@@ -139,7 +142,7 @@ def read_answer(client):
 
 def test_load_wsgi_hands_fanout_the_socket_every_worker_accepts_from(make_worker):
     w = make_worker()
-    assert w.wsgi.extensions["fanout"].socket_path == w.sockets[0].cfg_addr
+    assert w.wsgi.runner.fanout.socket_path == w.sockets[0].cfg_addr
     assert os.path.exists(w.sockets[0].cfg_addr)
 
 
@@ -157,7 +160,7 @@ def test_the_loop_calls_the_override_of_accept_on_its_own_thread_and_a_busy_one_
         assert loop.watched == [w], "run() did not start recycle's watch for this worker"
         assert b"200 OK" in read_answer(get(w))
         assert slept == []  # idle: accepted at once
-        w.wsgi.extensions["batcher"].busy = True
+        w.wsgi.runner.batcher.busy = True
         assert b"200 OK" in read_answer(get(w))
         # The sleep came before the connection was counted, i.e. before it was accepted.
         assert slept == [(ACCEPT_DEFER_SECONDS, 0)]

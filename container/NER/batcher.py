@@ -5,10 +5,11 @@ worker). Only one of them runs the pipeline at a time. A request thread decodes 
 and queues its texts; if the model is idle, it runs the model itself, at once (no thread
 hand-off, no delay window, so a lone request is as fast as a direct nlp.pipe call). If the
 model is busy, it waits. The thread running the model takes the texts queued at that
-moment (in arrival order, up to MODEL_SERVER_BATCH_CHARACTERS) into one nlp.pipe call;
+moment (in arrival order, as much as cutting.Limit admits: MODEL_SERVER_BATCH_CHARACTERS
+and MAX_TEXTS_PER_CALL) into one nlp.pipe call;
 once its own request is answered it hands the model to the oldest waiting request, whose
 thread takes everything queued by then. So batches form only from what queued while the
-model was busy. spaCy spends about twice the CPU per document on a call of one text as on
+model was busy. spaCy spends much more CPU per document on a call of one text than on
 a batch, so under load this is where the throughput comes from.
 
 A request larger than MODEL_SERVER_BATCH_CHARACTERS does not hold the model for all of its
@@ -22,7 +23,7 @@ brought. Docs do not outlive the zone; the answer is made of plain records.
 
 A request is answered once the nlp.pipe minibatch (nlp.batch_size texts) that holds its
 last text is done: nlp.pipe yields in order, but a minibatch's docs all come out together,
-so a one-text request merged behind 200 others waits for that minibatch, not for the whole
+so a one-text request merged behind many others waits for that minibatch, not for the whole
 call. If the pipeline raises (anything, BaseException included), the requests not yet
 answered are run again one by one, so only the one that fails gets the error; every
 request taken is answered, and an answer once given is never replaced.
@@ -39,7 +40,13 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Generator
+from typing import cast
 
+from spacy.language import Language
+from spacy.tokens import Doc
+
+from cutting import Limit
 from protocol import ApiError
 
 log = logging.getLogger("ner.batcher")
@@ -51,32 +58,17 @@ class PipelineError(Exception):
     it gets a JSON 500 and the worker's thread lives on."""
 
 
-# The most texts one merged call takes, whatever their characters: a body of a million
-# blank lines is no characters, but a million Docs. Four of nlp.pipe's usual minibatches.
-MAX_TEXTS_PER_CALL = 1024
+# One text's answer: its entities as plain records.
+Records = list[dict]
 
 
-def groups(items, max_characters, text=lambda item: item):
-    """Consecutive items in lists of up to max_characters (of their text(item)) and
-    MAX_TEXTS_PER_CALL: what one merged call may take from one request. A longer text is
-    a list alone."""
-    group, characters = [], 0
-    for item in items:
-        n = len(text(item))
-        if group and (characters + n > max_characters or len(group) == MAX_TEXTS_PER_CALL):
-            yield group
-            group, characters = [], 0
-        group.append(item)
-        characters += n
-    if group:
-        yield group
-
-
-def entity_records(doc):
+def entity_records(doc: Doc) -> Records:
     """Plain data for a Doc's entities; start/end are character offsets, end exclusive:
     text[start:end] == the entity's text."""
-    return [{"text": e.text, "label": e.label_, "start": e.start_char, "end": e.end_char}
-            for e in doc.ents]
+    return [
+        {"text": e.text, "label": e.label_, "start": e.start_char, "end": e.end_char}
+        for e in doc.ents
+    ]
 
 
 class Timing:
@@ -86,70 +78,90 @@ class Timing:
 
     __slots__ = ("wait", "model")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.wait = self.model = 0.0
 
-    def ran(self, seconds, waited):
+    def ran(self, seconds: float, waited: float) -> None:
         self.model += seconds
         self.wait += waited
 
 
-def _timed_out(message):
+def _timed_out(message: str) -> ApiError:
     return ApiError(504, "model_timeout", message)
 
 
 class _Job:
     """One request's texts, waiting for their entity records (taken a slice at a time)."""
 
-    __slots__ = ("texts", "lengths", "taken", "queued", "records", "error", "done", "wake",
-                 "timing")
+    __slots__ = (
+        "texts",
+        "lengths",
+        "taken",
+        "queued",
+        "records",
+        "error",
+        "done",
+        "wake",
+        "timing",
+    )
 
-    def __init__(self, texts, timing):
+    def __init__(self, texts: list[str], timing: Timing | None):
         self.texts = texts
         self.timing = timing  # the caller's Timing, or None
         self.lengths = [len(t) for t in texts]
         self.taken = 0  # texts handed to a call so far
         self.queued = time.monotonic()
-        self.records = []
-        self.error = None
+        self.records: list[Records] = []
+        self.error: BaseException | None = None
         self.done = False
         self.wake = threading.Event()  # set when done, or when its thread gets the model
 
-    def add(self, records):
+    def add(self, records: list[Records]) -> None:
         """Records of its next texts, in order; done once all have them."""
         if not self.done:
             self.records.extend(records)
             if len(self.records) == len(self.texts):
                 self.finish()
 
-    def finish(self, error=None):
+    def finish(self, error: BaseException | None = None) -> None:
         if self.done:  # an answer given is never replaced
             return
         self.error, self.done = error, True
         self.wake.set()
 
 
+# A merged call's share of one job: (job, its first text in the call, how many texts).
+_Slice = tuple[_Job, int, int]
+
+
 class Batcher:
-    def __init__(self, nlp, max_characters, timeout, stuck_seconds, on_stuck=None):
-        """max_characters: the cap on one merged call (a text over it runs alone).
+    def __init__(
+        self,
+        nlp: Language,
+        limit: Limit,
+        timeout: float,
+        stuck_seconds: float,
+        on_stuck: Callable[[float], None] | None = None,
+    ):
+        """limit: what one merged call may hold (cutting.py; a text over it runs alone).
         timeout: a request queued longer than this has had its 504 from nginx already,
         so what is left of it is dropped rather than run. stuck_seconds: how long one
         call may run before the watchdog calls on_stuck (default: end this worker)."""
         self.nlp = nlp
-        self.max_characters = max_characters
+        self.limit = limit
         self.timeout = timeout
         self.stuck_seconds = stuck_seconds
         self.on_stuck = on_stuck or _end_worker
-        self._queue = collections.deque()
+        self._queue: collections.deque[_Job] = collections.deque()
         self._lock = threading.Lock()
         self._busy = False  # a request thread holds the model
-        self._watched_in = None  # the pid whose watchdog runs; gunicorn forks after load
-        self._watchdog = None
+        self._watched_in: int | None = None  # whose watchdog runs; gunicorn forks after load
+        self._watchdog: threading.Thread | None = None
         self._closed = threading.Event()  # close(): the watchdog ends
-        self._busy_since = None  # monotonic start of the call running now, or None
+        self._busy_since: float | None = None  # start of the call running now, or None
         self.calls = 0  # merged nlp.pipe calls so far (logged at DEBUG)
 
-    def predict(self, texts, timing=None):
+    def predict(self, texts: list[str], timing: Timing | None = None) -> list[Records]:
         """Entity records per text; raises what the pipeline raised on these texts. A
         Timing, if given, gets the seconds these texts waited for the model and ran."""
         if not texts:
@@ -163,8 +175,7 @@ class Batcher:
             waiting = len(self._queue)
         if not holding:
             # What merging will take, and for the tests a sign that a request is queued.
-            log.debug("a request of %d texts waits for the model: %d queued", len(texts),
-                      waiting)
+            log.debug("a request of %d texts waits for the model: %d queued", len(texts), waiting)
             self._wait(job)  # answered by the thread holding the model, or handed it
         if not job.done:  # this thread holds the model: its own job is the oldest queued
             try:
@@ -178,7 +189,7 @@ class Batcher:
             raise job.error
         return job.records
 
-    def _wait(self, job):
+    def _wait(self, job: _Job) -> None:
         # Every call ahead of this one ends within stuck_seconds or the watchdog ends the
         # worker; a wait past that means something lost the hand-off, so say so.
         bound = self.timeout + self.stuck_seconds
@@ -192,7 +203,7 @@ class Batcher:
             job.finish(_timed_out(f"no answer from the model within {bound} s"))
         log.error("a request waited %d s without getting the model or an answer", bound)
 
-    def _hand_on(self):
+    def _hand_on(self) -> None:
         """Give the model to the oldest waiting request, or mark it idle. A request that
         the cap put back and that was answered since (an error, a timeout) has no thread
         waiting for the model any more: it leaves the queue, or no one would run it."""
@@ -205,16 +216,16 @@ class Batcher:
                 self._busy = False
 
     @property
-    def busy(self):
+    def busy(self) -> bool:
         """A request thread is running the model (worker.py accepts later then)."""
         return self._busy
 
-    def queued(self):
+    def queued(self) -> int:
         """Requests waiting for the model now."""
         with self._lock:
             return len(self._queue)
 
-    def _watch_once(self):
+    def _watch_once(self) -> None:
         # Threads do not survive fork: start the watchdog in the process that serves, on
         # its first request (the app is built in gunicorn's master, before the fork).
         if self._watched_in != os.getpid():
@@ -222,13 +233,14 @@ class Batcher:
             self._watchdog = threading.Thread(target=self._watch, name="watchdog", daemon=True)
             self._watchdog.start()
 
-    def _take(self):
+    def _take(self) -> list[_Slice]:
         """The next merged call: [(job, first text, number of texts)], the first job's
         next texts first, then more while they fit under the cap. A job whose texts are
         all taken, or that is answered already (an error, a timeout), leaves the queue; one
         that the cap cuts goes to its back, so the jobs behind it join the next call
         instead of waiting for all of it."""
-        slices, characters, texts = [], 0, 0
+        slices: list[_Slice] = []
+        characters = texts = 0
         while self._queue:
             job = self._queue[0]
             if job.done:
@@ -236,8 +248,7 @@ class Batcher:
                 continue
             n = 0
             for length in itertools.islice(job.lengths, job.taken, None):
-                if (slices or n) and (characters + length > self.max_characters
-                                      or texts + n >= MAX_TEXTS_PER_CALL):
+                if not self.limit.admits(characters, texts + n, length):
                     break
                 characters += length
                 n += 1
@@ -252,13 +263,14 @@ class Batcher:
                 break
         return slices
 
-    def _run(self, slices):
+    def _run(self, slices: list[_Slice]) -> None:
         """Answer the slices: drop jobs queued past the timeout, merge the rest."""
         late = time.monotonic() - self.timeout
         for job, _, _ in slices:
             if job.queued < late:  # nginx has answered 504 already: no one is waiting
-                job.finish(_timed_out("the request waited longer than MODEL_SERVER_TIMEOUT "
-                                      "for the model"))
+                job.finish(
+                    _timed_out("the request waited longer than MODEL_SERVER_TIMEOUT for the model")
+                )
         slices = [s for s in slices if not s[0].done]
         if slices:
             self._busy_since = started = time.monotonic()
@@ -271,14 +283,15 @@ class Batcher:
                     if job.timing is not None:
                         job.timing.ran(ran, waited=started - job.queued if not first else 0)
 
-    def _pipe(self, slices):
+    def _pipe(self, slices: list[_Slice]) -> None:
         """One nlp.pipe call for all slices; on an error, the unanswered ones one by one."""
         self.calls += 1
         pending = collections.deque(slices)
         try:
             with self.nlp.memory_zone():
-                texts = [t for job, first, n in slices for t in job.texts[first:first + n]]
-                docs = self.nlp.pipe(texts)
+                texts = [t for job, first, n in slices for t in job.texts[first : first + n]]
+                # A generator (spaCy types it as an Iterator): closed below.
+                docs = cast(Generator[Doc, None, None], self.nlp.pipe(texts))
                 try:
                     while pending:
                         job, _, n = pending[0]
@@ -291,34 +304,46 @@ class Batcher:
             if len(slices) == 1:  # the request thread raises it, and the app logs it
                 slices[0][0].finish(error)
                 return
-            log.warning("the pipeline failed on a merged call (%r); running its %d "
-                        "unanswered requests one by one", e, len(pending))
+            log.warning(
+                "the pipeline failed on a merged call (%r); running its %d "
+                "unanswered requests one by one",
+                e,
+                len(pending),
+            )
             for one in pending:
                 if not one[0].done:
                     self._pipe([one])
             return
         if log.isEnabledFor(logging.DEBUG):  # what merging does, and that memory is flat
-            log.debug("nlp.pipe call %d: %d requests, %d texts, %d characters; vocabulary "
-                      "%d strings", self.calls, len(slices), len(texts),
-                      sum(len(t) for t in texts), len(self.nlp.vocab.strings))
+            log.debug(
+                "nlp.pipe call %d: %d requests, %d texts, %d characters; vocabulary %d strings",
+                self.calls,
+                len(slices),
+                len(texts),
+                sum(len(t) for t in texts),
+                len(self.nlp.vocab.strings),
+            )
 
-    def close(self):
+    def close(self) -> None:
         """End the watchdog (a worker never needs to: it dies with the process; tests
         build many batchers in one)."""
         self._closed.set()
         if self._watchdog is not None and self._watched_in == os.getpid():
             self._watchdog.join()
 
-    def _watch(self):
+    def _watch(self) -> None:
         while not self._closed.wait(1):
             since = self._busy_since
             if since is not None and time.monotonic() - since > self.stuck_seconds:
                 self.on_stuck(time.monotonic() - since)
 
 
-def _end_worker(seconds):
-    log.critical("one nlp.pipe call has run for %.0f s: the model is stuck; ending this "
-                 "worker so that gunicorn starts a new one", seconds)
+def _end_worker(seconds: float) -> None:
+    log.critical(
+        "one nlp.pipe call has run for %.0f s: the model is stuck; ending this "
+        "worker so that gunicorn starts a new one",
+        seconds,
+    )
     logging.shutdown()
     # Not 3 or 4: gunicorn's arbiter stops the whole server on those exit codes.
     os._exit(1)

@@ -4,93 +4,119 @@ The answer is built from plain entity records ({"text", "label", "start", "end"}
 entity, one list per text; batcher.py makes them inside nlp.memory_zone()), never from
 spaCy Docs, which do not outlive the zone. displaCy included: it renders plain dicts
 with manual=True.
+
+Every body form is answered by one function, `encode`, from the request's groups of
+answered texts (runner.py), in order: JSON Lines and JSON go out a group at a time (a
+streamed answer sends each as soon as it is made), an HTML page is one document, so it
+is rendered once, at the end.
 """
 
-from spacy import displacy
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
+from spacy import displacy
+from werkzeug.datastructures import MIMEAccept
+
+from batcher import Records
+from decode import Shape
 from protocol import HTML, JSON, JSONLINES, JSONLINES_ALIASES, ApiError, dumps
 
 OFFERED = [JSON, *JSONLINES_ALIASES, HTML]
 
 
-def negotiate(accept, default=JSON):
-    """The answer's content type for an Accept header (a werkzeug MIMEAccept, empty when
-    the header is absent). `default` answers a request without Accept, or with */*
+class Answered(NamedTuple):
+    """One group of a request's texts, with its entity records per text."""
+
+    texts: list[str]
+    results: list[Records]
+    shape: Shape
+
+
+def negotiate(accept: MIMEAccept, default: str = JSON) -> str:
+    """The answer's content type for an Accept header (empty when the header is absent).
+    `default` answers a request without Accept, or with */*
     (SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT), as the SageMaker inference toolkit does."""
     if not accept or all(value == "*/*" for value, _ in accept):
         return default
     best = accept.best_match(OFFERED)
     if best is None:
-        raise ApiError(406, "not_acceptable", f"cannot answer with Accept {accept.to_header()!r}; "
-                       f"offered: {JSON}, {JSONLINES}, {HTML}")
+        raise ApiError(
+            406,
+            "not_acceptable",
+            f"cannot answer with Accept {accept.to_header()!r}; "
+            f"offered: {JSON}, {JSONLINES}, {HTML}",
+        )
     return JSONLINES if best in JSONLINES_ALIASES else best
 
 
-def _record(entities, form, extra):
+def content_type(mimetype: str) -> str:
+    return f"{mimetype}; charset=utf-8" if mimetype == HTML else mimetype
+
+
+def _record(entities: Records, form: str, extra: dict) -> dict:
     if form == "input":  # the blog post's answer: [text, label] pairs
         return {"output": [[e["text"], e["label"]] for e in entities]}
     # A JSON Lines record's own fields come first and unchanged; "entities" is ours.
     return {**extra, "entities": entities}
 
 
-def _records(results, shape):
-    extras = shape.extras or [{}] * len(results)
-    return [_record(ents, shape.form, x) for ents, x in zip(results, extras)]
+def _records(group: Answered) -> list[dict]:
+    extras: tuple[dict, ...] = group.shape.extras or ({},) * len(group.results)
+    return [
+        _record(ents, group.shape.form, x) for ents, x in zip(group.results, extras, strict=True)
+    ]
 
 
-def encode_json(texts, results, shape):
-    records = _records(results, shape)
-    return dumps(records[0] if shape.single else {"results": records})
-
-
-def encode_jsonlines(texts, results, shape):
+def _jsonlines(groups: Iterable[Answered]) -> Iterator[bytes]:
     # No newline after the last line: batch transform's AssembleWith=Line adds one after
     # each answer, and a second would put a blank line between two mini-batches' answers.
-    return "\n".join(dumps(r) for r in _records(results, shape))
+    separator = ""
+    for group in groups:
+        if group.texts:
+            lines = "\n".join(dumps(r) for r in _records(group))
+            yield (separator + lines).encode("utf-8")
+            separator = "\n"
 
 
-def encode_html(texts, results, shape):
+def _json(groups: Iterable[Answered]) -> Iterator[bytes]:
+    groups = iter(groups)
+    first = next(groups, None)
+    if first is not None and first.shape.single:  # one text: its record is the answer
+        yield dumps(_records(first)[0]).encode("utf-8")
+        return
+    yield b'{"results":['
+    separator = ""
+    for group in _chain(first, groups):
+        records = [dumps(r) for r in _records(group)]
+        if records:
+            yield (separator + ",".join(records)).encode("utf-8")
+            separator = ","
+    yield b"]}"
+
+
+def _chain(first: Answered | None, rest: Iterator[Answered]) -> Iterator[Answered]:
+    if first is not None:
+        yield first
+        yield from rest
+
+
+def _html(groups: Iterable[Answered]) -> Iterator[bytes]:
     # displaCy escapes the text; page=True makes a whole document a browser can open.
-    docs = [{"text": text, "title": None,
-             "ents": [{"start": e["start"], "end": e["end"], "label": e["label"]} for e in ents]}
-            for text, ents in zip(texts, results)]
-    return displacy.render(docs, style="ent", manual=True, page=True, minify=True)
+    docs = [
+        {
+            "text": text,
+            "title": None,
+            "ents": [{"start": e["start"], "end": e["end"], "label": e["label"]} for e in ents],
+        }
+        for group in groups
+        for text, ents in zip(group.texts, group.results, strict=True)
+    ]
+    yield displacy.render(docs, style="ent", manual=True, page=True, minify=True).encode("utf-8")
 
 
-ENCODERS = {JSON: encode_json, JSONLINES: encode_jsonlines, HTML: encode_html}
+ENCODERS = {JSON: _json, JSONLINES: _jsonlines, HTML: _html}
 
 
-def encode_pieces(answers, mimetype):
-    """The answer's bytes a piece at a time, for a body answered as it runs (stream.py):
-    answers yields (texts, results, shape) in order. JSON Lines and JSON go out as each
-    piece is done; an HTML page is one document, so it is rendered once, at the end."""
-    if mimetype == JSONLINES:
-        separator = ""
-        for texts, results, shape in answers:
-            if texts:
-                yield (separator + encode_jsonlines(texts, results, shape)).encode("utf-8")
-                separator = "\n"
-    elif mimetype == JSON:
-        yield b'{"results":['
-        separator = ""
-        for _, results, shape in answers:
-            records = [dumps(r) for r in _records(results, shape)]
-            if records:
-                yield (separator + ",".join(records)).encode("utf-8")
-                separator = ","
-        yield b"]}"
-    else:
-        texts, results = [], []
-        for t, r, _ in answers:
-            texts += t
-            results += r
-        yield encode_html(texts, results, None).encode("utf-8")
-
-
-def content_type(mimetype):
-    return f"{mimetype}; charset=utf-8" if mimetype == HTML else mimetype
-
-
-def encode(texts, results, shape, mimetype):
-    """(body bytes, Content-Type) of the answer: one entity list in `results` per text."""
-    return ENCODERS[mimetype](texts, results, shape).encode("utf-8"), content_type(mimetype)
+def encode(groups: Iterable[Answered], mimetype: str) -> Iterator[bytes]:
+    """The answer's bytes, a group at a time, in the content type negotiate chose."""
+    return ENCODERS[mimetype](groups)

@@ -19,31 +19,20 @@ own heartbeat): one clock for every process on the machine, and no wall-clock ju
 import os
 import time
 
-# serve sets this in gunicorn's environment; without it (gunicorn started some other way)
-# a worker beats nowhere.
-FOLDER_ENV = "NER_HEARTBEAT_DIR"
-# gthread's loop can call notify() many times a second under load; a touch this often is
-# plenty against a window of seconds.
-BEAT_SECONDS = 0.5
-# A worker counts only once it has kept beating this long, one full turn of gthread's
-# idle loop: a worker that crash-loops (the OOM killer ending each new one as it takes its
-# first request) beats once, and must not make the instance look healthy. Short against
-# the window, so that the one worker of a small instance being replaced does not cause a
-# false 503.
-SETTLE_SECONDS = 1.0
+from tuning import BEAT_SECONDS, SETTLE_SECONDS
 
 
 class Heartbeat:
     """The beating side, in one worker process."""
 
-    def __init__(self, folder):
+    def __init__(self, folder: str):
         self.pid = os.getpid()
         self.path = os.path.join(folder, str(self.pid))
-        self.last = None
+        self.last: float | None = None
         self.born = time.monotonic()
         self._create()
 
-    def _create(self):
+    def _create(self) -> None:
         # The file holds when this worker started beating; written whole, then renamed, so
         # serve never reads half of it (and a pid reused by a new worker starts afresh).
         tmp = f"{self.path}.new"
@@ -52,7 +41,7 @@ class Heartbeat:
         os.utime(tmp, (self.born, self.born))  # never a wall-clock mtime, even briefly
         os.replace(tmp, self.path)
 
-    def beat(self):
+    def beat(self) -> None:
         now = time.monotonic()
         if self.last is not None and now - self.last < BEAT_SECONDS:
             return
@@ -64,17 +53,18 @@ class Heartbeat:
         self.last = now
 
 
-_heartbeat = None
+_heartbeat: Heartbeat | None = None
 
 
-def beat():
-    """Called from every turn of a worker's main loop (worker.py). Never raises: a full
-    disk or a removed run folder must not stop a worker that can still answer; it only
-    makes /ping fail, which is the truth about an instance that cannot write to /tmp."""
+def beat(folder: str) -> None:
+    """Called from every turn of a worker's main loop (worker.py), with the folder serve
+    named (Settings.heartbeat_dir; empty where gunicorn was started some other way: no
+    beat). Never raises: a full disk or a removed run folder must not stop a worker that
+    can still answer; it only makes /ping fail, which is the truth about an instance that
+    cannot write to /tmp."""
     global _heartbeat
     try:
         if _heartbeat is None or _heartbeat.pid != os.getpid():  # first beat after fork
-            folder = os.environ.get(FOLDER_ENV)
             if not folder:
                 return
             _heartbeat = Heartbeat(folder)
@@ -83,7 +73,7 @@ def beat():
         pass
 
 
-def _alive(pid):
+def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -96,13 +86,13 @@ def _alive(pid):
 class Monitor:
     """The watching side, in serve: is there a worker able to answer?"""
 
-    def __init__(self, folder, window):
+    def __init__(self, folder: str, window: float):
         self.folder, self.window = folder, window
         # serve starts watching once a request has gone through a worker: that is the
         # last time one was known able, before any heartbeat has settled.
         self.last_able = time.monotonic()
 
-    def newest_settled_beat(self):
+    def newest_settled_beat(self) -> float | None:
         """The latest beat of any worker that has beaten for SETTLE_SECONDS; removes the
         files of workers that are gone."""
         newest = None
@@ -130,7 +120,7 @@ class Monitor:
                 newest = beat
         return newest
 
-    def able(self):
+    def able(self) -> bool:
         """False once no settled worker has beaten for `window` seconds."""
         newest = self.newest_settled_beat()
         if newest is not None:

@@ -2,9 +2,10 @@
 
 spaCy refuses a text longer than nlp.max_length, and the memory it needs for one Doc grows
 with its length. A text longer than MODEL_SERVER_CHUNK_CHARACTERS is therefore cut into
-pieces no longer than that, and each piece is one more text in the same merged nlp.pipe call
-as everything else (batcher.py). Entity offsets are shifted back onto the original text, so
-text[start:end] is the entity's text, as for a text run whole.
+pieces no longer than that (nor than the unit they go in, cutting.py: a fan-out part's
+where the request runs on every worker), and each piece is one more text in the same
+merged nlp.pipe call as everything else (batcher.py). Entity offsets are shifted back onto
+the original text, so text[start:end] is the entity's text, as for a text run whole.
 
 Where to cut, best first:
 - a paragraph break (a blank line): spaCy's NER looks only a few tokens around each word,
@@ -19,15 +20,19 @@ overlap a kept entity, is dropped.
 
 import re
 
-# Longer than any entity, short against a piece: the overlap a cut inside a paragraph
-# costs is run twice.
-OVERLAP = 200
+from tuning import OVERLAP
+
+# Where a piece may end, best first (the module's docstring).
 _PARAGRAPH = re.compile(r"\n[ \t\r\f\v]*\n\s*")
 _LINE = re.compile(r"\n\s*")
 _SPACE = re.compile(r"\s+")
+# Entity records per text (batcher.py), and per text the (start, end, cut) of its pieces
+# or None for a text run whole.
+Records = list[dict]
+Plan = list[list[tuple[int, int, int]] | None]
 
 
-def _last_break(text, start, end, pattern):
+def _last_break(text: str, start: int, end: int, pattern: re.Pattern[str]) -> int | None:
     """The end of the last match of pattern that ends within (start, end], or None."""
     best = None
     for m in pattern.finditer(text, start, end):
@@ -36,7 +41,7 @@ def _last_break(text, start, end, pattern):
     return best
 
 
-def cuts(text, size):
+def cuts(text: str, size: int) -> list[tuple[int, int, int]]:
     """The (start, end) of each piece of text: consecutive and within size, or the whole
     text when it fits. Pieces after a cut inside a paragraph start OVERLAP characters
     early; see put_back."""
@@ -52,8 +57,11 @@ def cuts(text, size):
             continue
         # Inside a paragraph: leave room for the overlap, so the next piece still moves on.
         end -= OVERLAP
-        cut = (_last_break(text, start + OVERLAP, end, _LINE)
-               or _last_break(text, start + OVERLAP, end, _SPACE) or end)
+        cut = (
+            _last_break(text, start + OVERLAP, end, _LINE)
+            or _last_break(text, start + OVERLAP, end, _SPACE)
+            or end
+        )
         # This piece runs OVERLAP past the cut; the next starts at the cut.
         spans.append((start, cut + OVERLAP, cut))
         start = cut
@@ -61,10 +69,11 @@ def cuts(text, size):
     return spans
 
 
-def split(texts, size):
+def split(texts: list[str], size: int) -> tuple[list[str], Plan]:
     """(pieces, plan): every text as one or more pieces to run, and how to put their
     entities back (put_back)."""
-    pieces, plan = [], []
+    pieces: list[str] = []
+    plan: Plan = []
     for text in texts:
         if len(text) <= size:
             pieces.append(text)
@@ -76,16 +85,18 @@ def split(texts, size):
     return pieces, plan
 
 
-def put_back(records, plan):
+def put_back(records: list[Records], plan: Plan) -> list[Records]:
     """Entity records per original text, from the records per piece (batcher.py's
     {"text", "label", "start", "end"}), offsets on the original text."""
-    out, i = [], 0
+    out: list[Records] = []
+    i = 0
     for spans in plan:
         if spans is None:
             out.append(records[i])
             i += 1
             continue
-        entities, previous_cut, previous_end = [], 0, 0
+        entities: Records = []
+        previous_cut = previous_end = 0
         for start, _, cut in spans:
             for e in records[i]:
                 begin = e["start"] + start

@@ -4,7 +4,7 @@ Why: memory zones free the strings and lexemes a call adds, but not the cells th
 spaCy's hash tables (the StringStore's and the Vocab's preshed maps keep growing with every
 novel word ever seen), and glibc keeps some of what is freed (bench/README.md, "Memory over
 weeks"). No setting of spaCy's stops that; a fresh process does. gunicorn forks the new
-worker from the preloaded master in milliseconds: model, vocabulary and tokenizer cache as
+worker from the preloaded master at once: model, vocabulary and tokenizer cache as
 they were loaded, shared copy-on-write.
 
 What counts is the worker's USS, its private pages (Private_Clean + Private_Dirty of
@@ -18,11 +18,12 @@ What is not growth does not count: before each reading glibc gives back the free
 keeps at the top of its heaps (malloc_trim), so the workspace of a large call that has
 ended is not counted; and what counts is the least of the last WINDOW readings, so the
 workspace of a call running at one reading is not either. A worker holding a long request
-(a JSON Lines body of many groups, a request whose parts run on every worker: predictor.py
+(a JSON Lines body of many groups, a request whose parts run on every worker: runner.py
 counts them) does not begin to recycle until it holds none: draining would keep its core
 idle, and its replacement unforked, for as long as that request runs.
 
-How, without losing a request: a thread in each worker reads its USS every CHECK_SECONDS.
+How, without losing a request: a thread in each worker reads its USS every
+RECYCLE_CHECK_SECONDS.
 Past the limit, it takes the recycle lock, then
 1. stops accepting: with worker_connections at 0, gthread's loop unregisters the listening
    socket on its next pass, and the other workers take the new connections;
@@ -47,26 +48,19 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
-from settings import Settings
+from procfs import uss_mb
+from tuning import RECYCLE_CHECK_SECONDS, RECYCLE_DRAIN_POLL_SECONDS, RECYCLE_WINDOW
 
 log = logging.getLogger("ner.recycle")
 
-# Often enough that a worker overshoots its limit by little more than one merged call's
-# worth of memory; reading smaps_rollup costs about a millisecond.
-CHECK_SECONDS = 1.0
-# How often a recycling worker looks whether the requests it holds are answered.
-DRAIN_POLL_SECONDS = 0.01
-# Readings whose least counts: longer than any one merged call, short against the growth.
-WINDOW = 10
-
-# Read once, here in the master: serve has validated the same environment already.
-LIMIT_MB = Settings.from_env().recycle_mb
 # Opened before the fork (this module is imported with the worker class); unlinked at once.
 _LOCK = tempfile.TemporaryFile(prefix="ner-recycle-")
 
 
-def _libc_trim():
+def _libc_trim() -> Callable[[int], int] | None:
     try:
         return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
     except (OSError, AttributeError):  # no glibc: nothing to trim
@@ -77,51 +71,41 @@ def _libc_trim():
 _MALLOC_TRIM = _libc_trim()
 
 
-def _trim():
+def _trim() -> None:
     """Give glibc's free memory back to the system."""
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
 
 
-def uss_mb(path="/proc/self/smaps_rollup"):
-    """This process's private memory in MB (10^6 bytes)."""
-    kb = 0
-    with open(path) as f:
-        for line in f:
-            if line.startswith(("Private_Clean:", "Private_Dirty:")):
-                kb += int(line.split()[1])
-    return kb * 1024 / 1e6
-
-
-def watch(worker, limit_mb=None):
-    """Start the thread that recycles this gunicorn ThreadWorker (call it in the worker
-    process, once its loop is about to run). limit_mb: default MODEL_SERVER_RECYCLE_MB;
-    0 turns recycling off."""
-    limit_mb = LIMIT_MB if limit_mb is None else limit_mb
+def watch(worker: Any, limit_mb: int | None = None) -> None:
+    """Start the thread that recycles this gunicorn worker (worker.MergingThreadWorker;
+    call it in the worker process, once its loop is about to run). limit_mb: default
+    MODEL_SERVER_RECYCLE_MB; 0 turns recycling off."""
+    limit_mb = worker.flask_app.settings.recycle_mb if limit_mb is None else limit_mb
     if limit_mb:
-        threading.Thread(target=_watch, args=(worker, limit_mb), name="recycle",
-                         daemon=True).start()
+        threading.Thread(
+            target=_watch, args=(worker, limit_mb), name="recycle", daemon=True
+        ).start()
 
 
-def _watch(worker, limit_mb):
-    batcher = worker.wsgi.extensions["batcher"]
-    long_requests = worker.wsgi.extensions["long_requests"]
-    while batcher.calls == 0:
-        time.sleep(CHECK_SECONDS)
+def _watch(worker: Any, limit_mb: int) -> None:
+    runner = worker.flask_app.runner
+    while runner.batcher.calls == 0:
+        time.sleep(RECYCLE_CHECK_SECONDS)
     _trim()
     start = uss_mb()
-    readings = collections.deque(maxlen=WINDOW)
+    readings: collections.deque[float] = collections.deque(maxlen=RECYCLE_WINDOW)
     while True:
-        time.sleep(CHECK_SECONDS)
+        time.sleep(RECYCLE_CHECK_SECONDS)
         _trim()
         readings.append(uss_mb())
         now = min(readings)
-        if now - start >= limit_mb and not long_requests.count and _try_lock():
+        if now - start >= limit_mb and not runner.long_requests.count and _try_lock():
             _recycle(worker, start, now, limit_mb)
             return
 
 
-def _try_lock():
+def _try_lock() -> bool:
     try:
         fcntl.lockf(_LOCK, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
@@ -129,17 +113,27 @@ def _try_lock():
         return False
 
 
-def _recycle(worker, start, now, limit_mb):
+def _recycle(worker: Any, start: float, now: float, limit_mb: int) -> None:
     began = time.monotonic()
-    log.info("recycle begins: pid %d, USS %.0f MB, %.0f MB over its start (limit %d MB); "
-             "no longer accepting, %d requests held", os.getpid(), now, now - start,
-             limit_mb, worker.nr_conns)
+    log.info(
+        "recycle begins: pid %d, USS %.0f MB, %.0f MB over its start (limit %d MB); "
+        "no longer accepting, %d requests held",
+        os.getpid(),
+        now,
+        now - start,
+        limit_mb,
+        worker.nr_conns,
+    )
     worker.worker_connections = 0
     worker.method_queue.defer(lambda: None)  # wake the loop now rather than within 1 s
     # Connections accepted before the loop's next pass are held, and counted, too.
     while worker.nr_conns or worker._accepting:
-        time.sleep(DRAIN_POLL_SECONDS)
-    log.info("recycle ends: pid %d answered every request it held in %.2f s; exiting so "
-             "that gunicorn forks a fresh worker", os.getpid(), time.monotonic() - began)
+        time.sleep(RECYCLE_DRAIN_POLL_SECONDS)
+    log.info(
+        "recycle ends: pid %d answered every request it held in %.2f s; exiting so "
+        "that gunicorn forks a fresh worker",
+        os.getpid(),
+        time.monotonic() - began,
+    )
     worker.alive = False
     worker.method_queue.defer(lambda: None)

@@ -2,44 +2,48 @@
 
 gunicorn's gthread worker accepts a connection whenever it has a free thread. With fewer
 clients than threads, one worker can then take every request while another worker, and
-its core, sits idle: measured with 2 workers, two concurrent batch requests often ran on
-one worker, one after the other. Here a worker whose model is busy waits
+its core, sits idle: with 2 workers, two concurrent batch requests would often run on one
+worker, one after the other. Here a worker whose model is busy waits
 ACCEPT_DEFER_SECONDS before it accepts, so that an idle worker, woken for the same
 connection, takes it first. When every worker is busy they all accept after that short
 wait, and the requests they hold merge into one nlp.pipe call (batcher.py).
 """
 
 import time
+from typing import Any
 
 from gunicorn.workers.gthread import ThreadWorker
 
 import health
 import recycle
-
-# Long enough for an idle worker's main thread to wake and accept; short against one
-# model call (a few ms for one text, about 100 ms for 64).
-ACCEPT_DEFER_SECONDS = 0.002
+from predictor import NerApp
+from tuning import ACCEPT_DEFER_SECONDS
 
 
 class MergingThreadWorker(ThreadWorker):
-    def accept(self, listener):
-        # self.wsgi is the Flask app (wsgi.py); its batcher says whether the model runs.
-        if self.wsgi.extensions["batcher"].busy:
+    @property
+    def flask_app(self) -> NerApp:
+        """The Flask app gunicorn loaded (wsgi.py)."""
+        return self.wsgi
+
+    def accept(self, listener: Any) -> None:
+        # The batcher says whether the model runs.
+        if self.flask_app.runner.batcher.busy:
             time.sleep(ACCEPT_DEFER_SECONDS)
         super().accept(listener)  # EAGAIN when another worker took the connection: fine
 
-    def load_wsgi(self):
+    def load_wsgi(self) -> None:
         super().load_wsgi()
         # Where a coordinator sends the parts of a large request (fanout.py): gunicorn's
         # own socket, which every worker accepts from.
-        self.wsgi.extensions["fanout"].socket_path = self.sockets[0].cfg_addr
+        self.flask_app.runner.fanout.socket_path = self.sockets[0].cfg_addr
 
-    def notify(self):
+    def notify(self) -> None:
         # gthread calls this from its main loop at least once a second, busy or not: the
         # heartbeat /ping follows (health.py), beside gunicorn's own one for --timeout.
         super().notify()
-        health.beat()
+        health.beat(self.flask_app.settings.heartbeat_dir)
 
-    def run(self):
+    def run(self) -> None:
         recycle.watch(self)  # replaced once its memory has grown (MODEL_SERVER_RECYCLE_MB)
         super().run()

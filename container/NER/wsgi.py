@@ -9,24 +9,27 @@ import gc
 import logging
 import sys
 
-import model
+import pipeline
 import predictor
 from settings import Settings, configure_logging
 
 settings = Settings.from_env()
-configure_logging(settings.log_level)
+configure_logging(settings.log_level, settings.log_tag)
 try:
-    nlp = model.load(settings)
+    nlp = pipeline.load(settings)
     app = predictor.create_app(nlp, settings)
-except model.ModelError as e:
+except pipeline.ModelError as e:
     logging.getLogger("ner.wsgi").critical("cannot start: %s", e)
-    model.report_failure("model_invalid", str(e))  # a multi-model load's answer (models.py)
+    # A multi-model load's answer (manager.py).
+    pipeline.report_failure(settings.failure_file, "model_invalid", str(e))
     sys.exit(3)  # gunicorn reports the failed app load and exits; serve follows it
 except MemoryError:
     # A multi-model endpoint answers this load 507, and SageMaker unloads other models to
     # make room; with one model, the same exit as any failed load.
     logging.getLogger("ner.wsgi").critical("cannot start: out of memory loading the model")
-    model.report_failure("insufficient_memory", "out of memory while loading the model")
+    pipeline.report_failure(
+        settings.failure_file, "insufficient_memory", "out of memory while loading the model"
+    )
     sys.exit(3)
 
 # Objects that exist now live as long as the server. Moving them out of the collector's

@@ -1,4 +1,4 @@
-"""Finding, loading and warming the spaCy pipeline.
+"""Finding, loading and warming the spaCy pipeline (no request runs here).
 
 Where the model comes from, first match wins:
 1. SPACY_MODEL: an installed package name or a path;
@@ -11,27 +11,28 @@ import json
 import logging
 import os
 import time
+from typing import TYPE_CHECKING
 
-log = logging.getLogger("ner.model")
+from settings import Settings
 
-# Set by the model manager of a multi-model endpoint (models.py) in a model's
-# environment: where wsgi.py writes why the model could not be loaded, for the manager to
-# answer its load request with.
-FAILURE_FILE_ENV = "NER_MODEL_FAILURE_FILE"
+if TYPE_CHECKING:  # spaCy is imported where a pipeline is loaded: the manager needs none
+    from spacy.language import Language
+
+log = logging.getLogger("ner.pipeline")
 
 
 class ModelError(RuntimeError):
     """The model cannot be served; the message says why in one line."""
 
 
-def is_pipeline_dir(path):
+def is_pipeline_dir(path: str) -> bool:
     """A folder written by `nlp.to_disk` (or a packaged pipeline's data folder)."""
     return os.path.isfile(os.path.join(path, "config.cfg")) and os.path.isfile(
         os.path.join(path, "meta.json")
     )
 
 
-def find_in_model_dir(model_dir):
+def find_in_model_dir(model_dir: str) -> str | None:
     """The pipeline folder inside model_dir, or None when model_dir holds no files at all."""
     if not os.path.isdir(model_dir):
         return None
@@ -55,7 +56,7 @@ def find_in_model_dir(model_dir):
     )
 
 
-def resolve(settings):
+def resolve(settings: Settings) -> tuple[str, str]:
     """(what to pass to spacy.load, why that one) by the precedence above."""
     if settings.spacy_model:
         return settings.spacy_model, "SPACY_MODEL"
@@ -65,7 +66,7 @@ def resolve(settings):
     return settings.default_model, "SPACY_DEFAULT_MODEL"
 
 
-def ner_components(nlp):
+def ner_components(nlp: "Language") -> list[str]:
     """The components that entities depend on: those that set doc.ents, and the shared
     embedding layers (tok2vec, transformer) they listen to. Everything else is disabled.
 
@@ -81,7 +82,7 @@ def ner_components(nlp):
     return [n for n in nlp.pipe_names if n in needed]
 
 
-def load(settings):
+def load(settings: Settings) -> "Language":
     """Load, trim and warm the pipeline; raise ModelError with a one-line reason."""
     name, source = resolve(settings)
     if os.sep in name or name.startswith("."):
@@ -113,21 +114,27 @@ def load(settings):
     list(nlp.pipe(["Warm-up: Apple is looking at buying U.K. startup for $1 billion."]))
     warmed, seconds = warm_tokenizer(nlp)
 
-    labels = sorted({label for n in ner if hasattr(nlp.get_pipe(n), "labels")
-                     for label in nlp.get_pipe(n).labels})
+    labels = sorted({label for n in ner for label in getattr(nlp.get_pipe(n), "labels", ())})
     log.info(
         "model %s_%s %s from %s (%s); running %s; labels %s; tokenizer cache warmed with "
         "%d words in %.1f s",
-        nlp.meta.get("lang", "?"), nlp.meta.get("name", "?"), nlp.meta.get("version", "?"),
-        name, source, ",".join(nlp.pipe_names), ",".join(labels), warmed, seconds,
+        nlp.meta.get("lang", "?"),
+        nlp.meta.get("name", "?"),
+        nlp.meta.get("version", "?"),
+        name,
+        source,
+        ",".join(nlp.pipe_names),
+        ",".join(labels),
+        warmed,
+        seconds,
     )
     return nlp
 
 
-def report_failure(code, message):
-    """Tell the model manager (FAILURE_FILE_ENV) why this model cannot be served, as
-    {"code", "message"}; nothing when the server runs one model."""
-    path = os.environ.get(FAILURE_FILE_ENV)
+def report_failure(path: str, code: str, message: str) -> None:
+    """Tell the model manager why this model cannot be served, as {"code", "message"} in
+    the file at path (Settings.failure_file); nothing without one (a server of one
+    model)."""
     if not path:
         return
     try:
@@ -138,63 +145,23 @@ def report_failure(code, message):
         log.warning("cannot write %s: %s", path, e)
 
 
-def warm_tokenizer(nlp, chunk=5000):
+def warm_tokenizer(nlp: "Language", chunk: int = 5000) -> tuple[int, float]:
     """Fill the tokenizer's cache from the words the pipeline's StringStore holds.
 
     Requests run inside nlp.memory_zone() (batcher.py), where spaCy does not add to the
     tokenizer cache, so whatever is cached now is all the cache will ever hold. The
-    model's own vocabulary (about 84,000 words for en_core_web_sm) is the best guess of
+    model's own vocabulary (tens of thousands of words for en_core_web_sm) is the best guess of
     the words that will come. All of it is tokenized, but the cache keeps only what fits
     in its max_cache_size (spaCy's default: 10,000 entries), the first words tokenized.
     This runs once, in gunicorn's master before the fork, so every worker shares the
     cache. Returns (words tokenized, seconds).
     """
     started = time.perf_counter()
-    words = [s for s in nlp.vocab.strings if 0 < len(s) < 50 and s.isprintable()
-             and not any(c.isspace() for c in s)]
+    words = [
+        s
+        for s in nlp.vocab.strings
+        if 0 < len(s) < 50 and s.isprintable() and not any(c.isspace() for c in s)
+    ]
     for i in range(0, len(words), chunk):
-        nlp.tokenizer(" ".join(words[i:i + chunk]))
+        nlp.tokenizer(" ".join(words[i : i + chunk]))
     return len(words), time.perf_counter() - started
-
-
-# News-like sentences of the length batch jobs carry, for characters_per_second. Varied, so
-# the figure is not that of one sentence the tokenizer has cached.
-_CALIBRATION = [
-    f"{who} said on {day} that {org} would open {n} new offices in {place} next year, "
-    f"after sales rose {n + 3} percent."
-    for n, (who, org, place, day) in enumerate([
-        ("Maria Lopez", "Siemens", "Madrid", "Monday"), ("John Smith", "Apple", "Berlin", "Friday"),
-        ("Aiko Tanaka", "Toyota", "Ohio", "Tuesday"), ("Pierre Martin", "Renault", "Lyon", "May 3"),
-        ("Li Wei", "Alibaba", "Singapore", "Sunday"), ("Anna Novak", "Skoda", "Prague", "June 12"),
-        ("Omar Haddad", "Aramco", "Houston", "Thursday"), ("Emma Brown", "Tesco", "Leeds", "March 9"),
-    ])
-] * 8
-
-
-# What a text costs the model beside its characters, in characters: making a Doc and its
-# entity record, which a body of a million one-word lines pays a million times.
-TEXT_WORK = 32
-
-
-def work(text):
-    """What running text costs the model, in characters: all but its spaces and line
-    breaks, of which a body padded with whitespace may have millions at almost no cost,
-    plus TEXT_WORK."""
-    return len(text) - text.count(" ") - text.count("\n") + TEXT_WORK
-
-
-def characters_per_second(nlp, rounds=5):
-    """How many characters (counted by `work`) of ordinary text one process runs through
-    nlp.pipe a second, measured here, on this machine, with this pipeline (the best of a
-    few rounds, in a memory zone as requests run). predictor.py turns it into the payload
-    that /execution-parameters suggests and the size a request may have within the
-    timeout."""
-    characters = sum(work(t) for t in _CALIBRATION)
-    best = float("inf")
-    for _ in range(rounds):
-        started = time.perf_counter()
-        with nlp.memory_zone():
-            for _ in nlp.pipe(_CALIBRATION):
-                pass
-        best = min(best, time.perf_counter() - started)
-    return characters / best

@@ -1,4 +1,5 @@
-"""The model manager of a multi-model endpoint (models.py), without a server: names, the
+"""The model manager of a multi-model endpoint (manager.py and the modules it uses:
+model_names, cgroups, procfs, estimate, manager_http), without a server: names, the
 memory it judges a load against (cgroup files as fixtures), the estimate, pagination, the
 environment a model runs in, the rendered nginx.conf of both modes, and the manager's
 load / list / get / unload around a stand-in for a model's serve (a few lines of Python
@@ -7,8 +8,6 @@ that behave as the model role does: write `ready`, or a failure, or die).
 The real thing, models loaded into the image, is tests/test_mme.py."""
 
 import http.client
-import importlib.machinery
-import importlib.util
 import json
 import os
 import re
@@ -21,19 +20,19 @@ import threading
 
 import pytest
 
-import models
+import cgroups
+import estimate
+import launch
+from manager import Manager, paginate
+from model_process import model_env
+import manager_http
+import model_names
+import procfs
 from conftest import PROGRAM_DIR, wait_until
 from protocol import ApiError
 from settings import Settings
 
 MIB = 1024 * 1024
-
-
-def load_serve():
-    loader = importlib.machinery.SourceFileLoader("serve", str(PROGRAM_DIR / "serve"))
-    serve = importlib.util.module_from_spec(importlib.util.spec_from_loader("serve", loader))
-    loader.exec_module(serve)
-    return serve
 
 
 # --- names --------------------------------------------------------------------------
@@ -45,24 +44,24 @@ MODELS_DIR = "/tmp/ner-serve-abcdefgh/models"
 @pytest.mark.parametrize("name", ["a", "model-1", "7d6ad14cd5078e53147bfbf70fb9d433",
                                   "fr_core_news_sm.3.8.0", "f" * 64])  # SHA-256 in hex
 def test_names_sagemaker_may_send_are_accepted(name):
-    models.check_name(name, MODELS_DIR)
+    model_names.check_name(name, MODELS_DIR)
 
 
 @pytest.mark.parametrize("name", ["", ".", "..", ".hidden", "-x", "a/b", "a b", "a\n",
                                   "é", "a" * 129, None, 7])
 def test_a_name_that_is_no_safe_folder_name_is_400(name):
     with pytest.raises(ApiError) as e:
-        models.check_name(name, MODELS_DIR)
+        model_names.check_name(name, MODELS_DIR)
     assert (e.value.status, e.value.code) == (400, "invalid_model_name")
 
 
 def test_a_name_whose_socket_path_would_not_fit_is_400_naming_the_most():
     models_dir = "/tmp/" + "d" * 40 + "/models"
-    longest = models.SOCKET_PATH_MAX - len(f"{models_dir}//sock")
-    assert models.SOCKET_PATH_MAX - len(f"{MODELS_DIR}//sock") == 71  # as models.py says
-    models.check_name("n" * longest, models_dir)
+    longest = model_names.SOCKET_PATH_MAX - len(f"{models_dir}//sock")
+    assert model_names.SOCKET_PATH_MAX - len(f"{MODELS_DIR}//sock") == 71  # as model_names.py says
+    model_names.check_name("n" * longest, models_dir)
     with pytest.raises(ApiError) as e:
-        models.check_name("n" * (longest + 1), models_dir)
+        model_names.check_name("n" * (longest + 1), models_dir)
     assert e.value.code == "model_name_too_long" and f"over {longest} characters" in str(e.value)
 
 
@@ -94,12 +93,12 @@ def meminfo(tmp_path, available_kb):
 
 def test_cgroup_v2_limit_and_working_set(tmp_path):
     root = cgroup_v2(tmp_path, 1024 * MIB, 300 * MIB, inactive_file=100 * MIB)
-    assert models.cgroup_memory(root) == (1024 * MIB, 200 * MIB)  # page cache not counted
+    assert cgroups.cgroup_memory(root) == (1024 * MIB, 200 * MIB)  # page cache not counted
 
 
 def test_cgroup_v1_limit_and_working_set(tmp_path):
     root = cgroup_v1(tmp_path, 512 * MIB, 200 * MIB, inactive_file=50 * MIB)
-    assert models.cgroup_memory(root) == (512 * MIB, 150 * MIB)
+    assert cgroups.cgroup_memory(root) == (512 * MIB, 150 * MIB)
 
 
 @pytest.mark.parametrize("make", [
@@ -108,42 +107,42 @@ def test_cgroup_v1_limit_and_working_set(tmp_path):
 ])
 def test_no_cgroup_limit_leaves_the_machines_memory_available(tmp_path, make):
     root = make(tmp_path)
-    assert models.cgroup_memory(root)[0] is None
-    assert models.available_bytes(root, meminfo(tmp_path, 2048)) == 2 * MIB
+    assert cgroups.cgroup_memory(root)[0] is None
+    assert cgroups.available_bytes(root, meminfo(tmp_path, 2048)) == 2 * MIB
 
 
 def test_available_is_the_limit_less_the_working_set_and_at_most_the_machines(tmp_path):
     root = cgroup_v2(tmp_path, 1024 * MIB, 300 * MIB, inactive_file=100 * MIB)
-    assert models.available_bytes(root, meminfo(tmp_path, 8 * 1024 * 1024)) == 824 * MIB
-    assert models.available_bytes(root, meminfo(tmp_path, 100 * 1024)) == 100 * MIB
+    assert cgroups.available_bytes(root, meminfo(tmp_path, 8 * 1024 * 1024)) == 824 * MIB
+    assert cgroups.available_bytes(root, meminfo(tmp_path, 100 * 1024)) == 100 * MIB
 
 
 def test_no_cgroup_files_at_all_is_the_machines_memory(tmp_path):
-    assert models.cgroup_memory(str(tmp_path)) == (None, None)
-    assert models.available_bytes(str(tmp_path), meminfo(tmp_path, 4096)) == 4 * MIB
+    assert cgroups.cgroup_memory(str(tmp_path)) == (None, None)
+    assert cgroups.available_bytes(str(tmp_path), meminfo(tmp_path, 4096)) == 4 * MIB
 
 
 def test_this_machine_has_some_memory_available():
-    assert models.available_bytes() > 0
+    assert cgroups.available_bytes() > 0
 
 
 # --- the estimate -------------------------------------------------------------------
 
 def test_the_estimate_grows_with_the_size_on_disk_and_the_workers():
-    e = models.Estimator(base=100, per_worker=10, disk_factor=2.0)
+    e = estimate.Estimator(base=100, per_worker=10, disk_factor=2.0)
     assert e.estimate(1000, 1) == 100 + 10 + 2000
     assert e.estimate(1000, 3) == 100 + 30 + 2000
 
 
 def test_loads_that_used_more_than_guessed_make_later_guesses_larger():
-    e = models.Estimator(base=100, per_worker=0, disk_factor=1.0)
+    e = estimate.Estimator(base=100, per_worker=0, disk_factor=1.0)
     e.observe(100, 1, used_bytes=400)  # twice the guess of 200
     e.observe(100, 1, used_bytes=100)  # half of it: the largest correction holds
     assert e.correction() == 2.0 and e.estimate(100, 1) == 400
 
 
 def test_the_recycle_limit_is_room_each_worker_may_grow_into():
-    e = models.Estimator(recycle_bytes=16, base=100, per_worker=0, disk_factor=0)
+    e = estimate.Estimator(recycle_bytes=16, base=100, per_worker=0, disk_factor=0)
     assert e.estimate(0, 2) == 100 + 32
 
 
@@ -151,26 +150,26 @@ def test_folder_bytes_counts_the_files_under_a_folder(tmp_path):
     (tmp_path / "ner").mkdir()
     (tmp_path / "ner" / "model").write_bytes(b"x" * 1000)
     (tmp_path / "meta.json").write_bytes(b"{}")
-    assert models.folder_bytes(str(tmp_path)) == 1002
+    assert estimate.folder_bytes(str(tmp_path)) == 1002
 
 
 # --- pagination, the model's environment, connections -------------------------------
 
 def test_pages_follow_on_from_the_token():
     names = ["c", "a", "e", "b", "d"]
-    assert models.paginate(names, "", 2) == (["a", "b"], "b")
-    assert models.paginate(names, "b", 2) == (["c", "d"], "d")
-    assert models.paginate(names, "d", 2) == (["e"], None)
-    assert models.paginate(names, "", 5) == (sorted(names), None)
-    assert models.paginate([], "", 5) == ([], None)
+    assert paginate(names, "", 2) == (["a", "b"], "b")
+    assert paginate(names, "b", 2) == (["c", "d"], "d")
+    assert paginate(names, "d", 2) == (["e"], None)
+    assert paginate(names, "", 5) == (sorted(names), None)
+    assert paginate([], "", 5) == ([], None)
     # A model unloaded between two pages does not shift the next one.
-    assert models.paginate(["a", "c", "d", "e"], "b", 2) == (["c", "d"], "d")
+    assert paginate(["a", "c", "d", "e"], "b", 2) == (["c", "d"], "d")
 
 
 def test_a_model_runs_with_its_own_folder_and_workers_and_the_settings_accept_that():
     environ = {"SAGEMAKER_MULTI_MODEL": "true", "SAGEMAKER_MODEL_SERVER_WORKERS": "4",
                "SPACY_MODEL": "en_core_web_sm", "MODEL_SERVER_TIMEOUT": "30"}
-    env = models.model_env(environ, "m", "/opt/ml/models/m/model",
+    env = model_env(environ, "m", "/opt/ml/models/m/model",
                            "/opt/ml/models/m/model/p", 2, "/run/m/failure.json")
     s = Settings.from_env(env, cpus=lambda: 8)
     assert (s.multi_model, s.workers, s.model_dir, s.spacy_model, s.timeout) == (
@@ -186,15 +185,15 @@ def test_connections_in_flight_counts_accepted_and_waiting_ones(tmp_path):
     server.listen(8)
     clients = []
     try:
-        assert models.connections_in_flight(path) == 0
+        assert procfs.connections_in_flight(path) == 0
         for _ in range(2):
             clients.append(socket.socket(socket.AF_UNIX))
             clients[-1].connect(path)
         accepted, _ = server.accept()
-        assert models.connections_in_flight(path) == 2  # one accepted, one in the backlog
+        assert procfs.connections_in_flight(path) == 2  # one accepted, one in the backlog
         accepted.close()
         clients[0].close()
-        wait_until(lambda: models.connections_in_flight(path) == 1, "one left")
+        wait_until(lambda: procfs.connections_in_flight(path) == 1, "one left")
     finally:
         for c in clients:
             c.close()
@@ -205,9 +204,8 @@ def test_connections_in_flight_counts_accepted_and_waiting_ones(tmp_path):
 
 @pytest.mark.parametrize("multi", [False, True])
 def test_the_rendered_nginx_conf_holds_one_mode_and_nginx_accepts_it(tmp_path, multi):
-    serve = load_serve()
     settings = Settings.from_env({"SAGEMAKER_MULTI_MODEL": str(multi)}, cpus=lambda: 1)
-    conf = open(serve.render_nginx_conf(settings, str(tmp_path))).read()
+    conf = open(launch.render_nginx_conf(settings, str(tmp_path))).read()
     assert not re.search(r"^\s*# (@\w+_MODEL\{|\}@\w+_MODEL)$", conf, re.M)  # markers
     assert not re.search(r"@(RUN_DIR|MODEL_NAME|MODEL_SOCKET|LOAD_TIMEOUT)@", conf)
     assert ("/invoke$" in conf) is multi and ("manager.sock" in conf) is multi
@@ -215,7 +213,7 @@ def test_the_rendered_nginx_conf_holds_one_mode_and_nginx_accepts_it(tmp_path, m
     # One copy of what every proxied request gets, whichever mode.
     for directive in ("proxy_send_timeout", "proxy_http_version", "client_max_body_size"):
         assert conf.count(f"{directive} ") == 1, directive
-    checked = subprocess.run([serve.find_nginx(), "-t", "-e", "stderr", "-p", str(tmp_path),
+    checked = subprocess.run([launch.find_nginx(), "-t", "-e", "stderr", "-p", str(tmp_path),
                               "-c", str(tmp_path / "nginx.conf")], capture_output=True,
                              text=True)
     assert checked.returncode == 0, checked.stderr
@@ -258,7 +256,7 @@ def manager(tmp_path):
     (tmp_path / "cgroup").mkdir()
     root = cgroup_v2(tmp_path / "cgroup", 64 * 1024 * MIB, 0)  # a test may lower it
     settings = Settings.from_env({}, cpus=lambda: 1)
-    m = models.Manager(settings, str(tmp_path / "run"), command=[sys.executable, str(stand_in)],
+    m = Manager(settings, str(tmp_path / "run"), command=[sys.executable, str(stand_in)],
                        cgroup_root=root, meminfo=meminfo(tmp_path, 64 * 1024 * 1024))
     yield m
     m.stop_all(0)
@@ -298,7 +296,7 @@ def test_load_list_get_and_unload_a_model(manager, tmp_path):
     session = manager.table["m1"].proc.pid
     assert manager.handle("DELETE", "/models/m1", b"")[0] == 200
     # Every process of the model is gone when DELETE answers: its memory is free.
-    assert models.session_pids(session) == [] and not os.path.exists(folder)
+    assert procfs.session_pids(session) == [] and not os.path.exists(folder)
     for pid in pids:
         assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split(
             ") ")[1][0] == "Z"
@@ -409,7 +407,7 @@ def test_bad_requests_to_the_manager(manager, method, target, body, status):
 
 def test_the_manager_answers_http_on_its_unix_socket(manager, tmp_path):
     path = str(tmp_path / "run" / "manager.sock")
-    httpd = models.ManagerServer(path, manager)
+    httpd = manager_http.ManagerServer(path, manager)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:

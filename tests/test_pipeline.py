@@ -6,7 +6,7 @@ import shutil
 import pytest
 import spacy
 
-import model
+import pipeline
 from conftest import TRAIN
 from settings import Settings
 
@@ -20,67 +20,67 @@ def settings_for(tmp_path, **env):
 def test_spacy_model_wins_over_the_model_dir_and_the_default(tmp_path, tiny_model):
     shutil.copytree(tiny_model, tmp_path / "opt-ml-model")
     other = shutil.copytree(tiny_model, tmp_path / "other")
-    assert model.resolve(settings_for(tmp_path, SPACY_MODEL=str(other))) == (
+    assert pipeline.resolve(settings_for(tmp_path, SPACY_MODEL=str(other))) == (
         str(other), "SPACY_MODEL")
 
 
 def test_a_pipeline_at_the_root_of_the_model_dir_wins_over_the_default(tmp_path, tiny_model):
     shutil.copytree(tiny_model, tmp_path / "opt-ml-model")
-    name, source = model.resolve(settings_for(tmp_path))
+    name, source = pipeline.resolve(settings_for(tmp_path))
     assert name == source == str(tmp_path / "opt-ml-model")
 
 
 def test_a_pipeline_in_one_sub_folder_of_the_model_dir_is_found(tmp_path, tiny_model):
     shutil.copytree(tiny_model, tmp_path / "opt-ml-model" / "my_pipeline")
     (tmp_path / "opt-ml-model" / "README.txt").write_text("packaged by me")
-    name, _ = model.resolve(settings_for(tmp_path))
+    name, _ = pipeline.resolve(settings_for(tmp_path))
     assert name == str(tmp_path / "opt-ml-model" / "my_pipeline")
 
 
 def test_an_empty_or_absent_model_dir_falls_back_to_the_default(tmp_path):
-    assert model.resolve(settings_for(tmp_path)) == (DEFAULT, "SPACY_DEFAULT_MODEL")
+    assert pipeline.resolve(settings_for(tmp_path)) == (DEFAULT, "SPACY_DEFAULT_MODEL")
     (tmp_path / "opt-ml-model").mkdir()
-    assert model.resolve(settings_for(tmp_path)) == (DEFAULT, "SPACY_DEFAULT_MODEL")
+    assert pipeline.resolve(settings_for(tmp_path)) == (DEFAULT, "SPACY_DEFAULT_MODEL")
 
 
 def test_two_pipelines_in_the_model_dir_stop_start_up(tmp_path, tiny_model):
     for name in ("a", "b"):
         shutil.copytree(tiny_model, tmp_path / "opt-ml-model" / name)
-    with pytest.raises(model.ModelError, match="several spaCy pipelines"):
-        model.resolve(settings_for(tmp_path))
+    with pytest.raises(pipeline.ModelError, match="several spaCy pipelines"):
+        pipeline.resolve(settings_for(tmp_path))
 
 
 def test_files_that_are_no_pipeline_in_the_model_dir_stop_start_up(tmp_path):
     (tmp_path / "opt-ml-model").mkdir()
     (tmp_path / "opt-ml-model" / "model.pkl").write_bytes(b"not spaCy")
-    with pytest.raises(model.ModelError, match="no spaCy pipeline"):
-        model.resolve(settings_for(tmp_path))
+    with pytest.raises(pipeline.ModelError, match="no spaCy pipeline"):
+        pipeline.resolve(settings_for(tmp_path))
 
 
 def test_a_path_that_is_not_a_pipeline_stops_start_up(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(model.ModelError, match="is not a spaCy pipeline"):
-        model.load(settings_for(tmp_path, SPACY_MODEL=str(tmp_path / "empty")))
-    with pytest.raises(model.ModelError, match="does not exist"):
-        model.load(settings_for(tmp_path, SPACY_MODEL=str(tmp_path / "missing")))
+    with pytest.raises(pipeline.ModelError, match="is not a spaCy pipeline"):
+        pipeline.load(settings_for(tmp_path, SPACY_MODEL=str(tmp_path / "empty")))
+    with pytest.raises(pipeline.ModelError, match="does not exist"):
+        pipeline.load(settings_for(tmp_path, SPACY_MODEL=str(tmp_path / "missing")))
 
 
 def test_an_unknown_package_name_stops_start_up(tmp_path):
-    with pytest.raises(model.ModelError, match="cannot load spaCy model 'no_such_pipeline'"):
-        model.load(settings_for(tmp_path, SPACY_MODEL="no_such_pipeline"))
+    with pytest.raises(pipeline.ModelError, match="cannot load spaCy model 'no_such_pipeline'"):
+        pipeline.load(settings_for(tmp_path, SPACY_MODEL="no_such_pipeline"))
 
 
 def test_a_pipeline_without_ner_stops_start_up(tmp_path):
     nlp = spacy.blank("en")
     nlp.add_pipe("sentencizer")
     nlp.to_disk(tmp_path / "no_ner")
-    with pytest.raises(model.ModelError, match="has no named-entity component"):
-        model.load(settings_for(tmp_path, SPACY_MODEL=str(tmp_path / "no_ner")))
+    with pytest.raises(pipeline.ModelError, match="has no named-entity component"):
+        pipeline.load(settings_for(tmp_path, SPACY_MODEL=str(tmp_path / "no_ner")))
 
 
 def test_start_up_logs_the_model_its_version_and_labels(tmp_path, tiny_model, caplog):
-    with caplog.at_level(logging.INFO, logger="ner.model"):
-        model.load(settings_for(tmp_path, SPACY_MODEL=str(tiny_model)))
+    with caplog.at_level(logging.INFO, logger="ner.pipeline"):
+        pipeline.load(settings_for(tmp_path, SPACY_MODEL=str(tiny_model)))
     line = caplog.records[-1].getMessage()
     assert "en_tiny_test_ner 0.0.1" in line and "GPE,ORG,PERSON" in line
 
@@ -89,8 +89,8 @@ def test_start_up_logs_the_model_its_version_and_labels(tmp_path, tiny_model, ca
 def real_models():
     """The real default model, trimmed the way the server runs it, and in full."""
     env = {"SM_MODEL_DIR": "/nonexistent"}
-    trimmed = model.load(Settings.from_env(env))
-    full = model.load(Settings.from_env({**env, "SPACY_FULL_PIPELINE": "true"}))
+    trimmed = pipeline.load(Settings.from_env(env))
+    full = pipeline.load(Settings.from_env({**env, "SPACY_FULL_PIPELINE": "true"}))
     return trimmed, full
 
 
@@ -131,4 +131,4 @@ def test_components_that_ner_listens_to_are_kept(tmp_path):
     nlp.get_pipe("ner").add_label("ORG")
     nlp.get_pipe("tagger").add_label("NN")
     nlp.initialize()
-    assert model.ner_components(nlp) == ["tok2vec", "ner"]
+    assert pipeline.ner_components(nlp) == ["tok2vec", "ner"]
