@@ -9,11 +9,13 @@ NB_VENV := .venv-notebook
 IMAGE ?= spacy-ner-sagemaker:local
 export IMAGE
 
-.PHONY: help serve test image notebook bench bench-quick pins clean
+.PHONY: help serve test lint format image notebook bench bench-quick pins clean
 
 help:
 	@echo "make serve   serve the model on port 8080 (in the image when Docker answers, else on the host)"
-	@echo "make test    run every test (the image's too when Docker answers)"
+	@echo "make test    lint, then run every test (the image's too when Docker answers)"
+	@echo "make lint    ruff (lint and format check) and mypy (types)"
+	@echo "make format  rewrite the Python files as ruff format wants them"
 	@echo "make image   build the serving image ($(IMAGE))"
 	@echo "make notebook  run notebook.ipynb in local mode (no AWS account) into notebook.out.ipynb"
 	@echo "make bench   measure serving against in-process spaCy; writes bench/results/"
@@ -40,8 +42,19 @@ image:
 # Docker-dependent tests skip on a laptop without an engine; CI sets CI=true, which
 # turns that skip into a failure (tests/conftest.py).
 test: $(VENV)/.installed $(NB_VENV)/.installed
+	$(MAKE) lint
 	if scripts/docker-ready.sh; then $(MAKE) image; fi
 	$(PY) -m pytest
+
+# Settings in pyproject.toml: what is checked, and how.
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 notebook: $(NB_VENV)/.installed image
 	$(NB_VENV)/bin/papermill notebook.ipynb notebook.out.ipynb -k python3 \
