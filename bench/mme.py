@@ -4,7 +4,7 @@ traffic to one.
 
 The image in MME mode (harness/servers.py's MultiModelEndpoint) with copies of the
 English pipeline under /opt/ml/models/<name>/model, as SageMaker unpacks its archives
-there, driven through /models as SageMaker drives it (container/NER/models.py). Copies of
+there, driven through /models as SageMaker drives it (container/NER/manager.py). Copies of
 one pipeline, so every model does the same work per document and the throughput
 comparison measures only the spreading. Memory is the container's cgroup anon memory
 (container_memory.py): what the models' processes hold, each shared page once.

@@ -1,7 +1,8 @@
 """The goals against the measured figures; results.json, results.md, chart.png and
 soak.png, and the tables of the docs that READMES names: README.md's headline figures,
 docs/performance.md's goals, docs/deploying.md's scale, large-work and mme tables and
-bench/README.md's results (between their markers: nobody types a figure there by hand)."""
+bench/README.md's results and soak (between their markers: nobody types a figure there by
+hand)."""
 
 import json
 import re
@@ -101,11 +102,9 @@ TRANSFORM_JOB_NAMES = {"execution_parameters": "MaxPayloadInMB from /execution-p
 TRANSFORM_GOAL_JOB = "execution_parameters"  # the notebook's settings
 
 
-def large_work_goals(r):
-    """Issue 13's goals: transform jobs, large bodies, long documents. (goal, target,
-    value or None, test, detail) rows, as goals() builds them."""
+def _transform_goal(r):
+    """The transform job's goal row, as large_work_goals builds them."""
     n = r["meta"]["workers"]
-    out = []
     tr = r.get("transform", {})
     # The goal is the notebook's job's; large_work_table shows the 6 MB one beside it.
     name = TRANSFORM_GOAL_JOB
@@ -123,9 +122,15 @@ def large_work_goals(r):
                   f"in {tr[name]['batching_seconds']:.1f} s of it")
     else:
         detail = tr.get("why", "not measured")
-    out.append((f"transform job ({label}): records/s / in-process nlp.pipe on {n} "
-                "processes", ">= 0.9", tr[name]["ratio_pipe"] if tr.get("measured")
-                else None, lambda v: v >= 0.9, detail))
+    return (f"transform job ({label}): records/s / in-process nlp.pipe on {n} processes",
+            ">= 0.9", tr[name]["ratio_pipe"] if tr.get("measured") else None,
+            lambda v: v >= 0.9, detail)
+
+
+def large_work_goals(r):
+    """Issue 13's goals: transform jobs, large bodies, long documents. (goal, target,
+    value or None, test, detail) rows, as goals() builds them."""
+    out = [_transform_goal(r)]
     lb = r.get("large_body", {})
     bodies = lb.get("bodies") if lb.get("measured") else None
     small, large = (bodies[0], bodies[-1]) if bodies else (None, None)
@@ -216,12 +221,17 @@ def mme_table(r):
     ]
 
 
-def goals_table(r):
+def _met(goal):
+    return "n/a" if goal["met"] is None else ("met" if goal["met"] else "**missed**")
+
+
+def goals_table(r, prefix=""):
+    """The goals' rows, or only those whose name starts with prefix."""
     lines = ["| goal | target | measured | | how |", "|---|---|---|---|---|"]
     for g in r["goals"]:
-        met = "n/a" if g["met"] is None else ("met" if g["met"] else "**missed**")
-        lines.append(f"| {g['goal']} | {g['target']} | {_fmt(g['measured'])} | {met} | "
-                     f"{g['detail']} |")
+        if g["goal"].startswith(prefix):
+            lines.append(f"| {g['goal']} | {g['target']} | {_fmt(g['measured'])} | "
+                         f"{_met(g)} | {g['detail']} |")
     return lines
 
 
@@ -321,7 +331,6 @@ def markdown(r):
     mach = m["machine"]
     host, server = m["versions"]["in_process"], m["versions"]["server"]
     n = m["workers"]
-    base = r["baseline"]
     lines = [
         "# Benchmark results" + (" (quick run: small corpus, not for comparison)"
                                  if m["quick"] else ""),
@@ -361,10 +370,16 @@ def markdown(r):
     lines += ["", "## Large work: transform jobs, large bodies, long documents", "",
               *large_work_table(r)]
     lines += ["", "## Multi-model endpoint", "", *mme_table(r)]
-    lines += [
-        "",
-        "## In-process baseline (same model, same components)",
-        "",
+    lines += ["", "## In-process baseline (same model, same components)", "",
+              *baseline_section(r), "", "## Served", "", *served_section(r),
+              "", "## Other figures", "", *other_figures(r)]
+    return "\n".join(lines)
+
+
+def baseline_section(r):
+    """results.md's in-process baseline: the yardsticks the served figures are held to."""
+    m, n, base = r["meta"], r["meta"]["workers"], r["baseline"]
+    return [
         "| what | figure |",
         "|---|---|",
         f"| nlp.pipe, 1 process | {base['pipe_1']['docs_per_s']:.0f} docs/s "
@@ -386,9 +401,13 @@ def markdown(r):
         f"traffic) | p50 {base['memory_zone']['zone_ms']['p50']} / "
         f"{base['memory_zone']['plain_ms']['p50']} ms: the zone costs "
         f"{base['memory_zone']['p50_cost_ms']} ms per call |",
-        "",
-        "## Served",
-        "",
+    ]
+
+
+def served_section(r):
+    """results.md's served rows: every request form at every concurrency measured."""
+    n = r["meta"]["workers"]
+    lines = [
         f"Ratios: served docs/s over in-process nlp.pipe on {n} processes, and (one-text "
         f"requests) over in-process nlp(text) one text at a time on {n} processes. Server CPU: "
         "all the server's processes (nginx, gunicorn, workers) per document. Client CPU share: "
@@ -408,12 +427,16 @@ def markdown(r):
                          f"{row['ratio_pipe']:.2f} | {calls} | {lat['p50']} | {lat['p95']} | "
                          f"{lat['p99']} | "
                          f"{row['server_cpu_ms_per_doc']:.2f} | {row['client_cpu_share']:.0%} |")
+    return lines
+
+
+def other_figures(r):
+    """results.md's other figures: /ping, cold start, memory, the HTTP path, the soak's
+    samples, the image and the answers checked."""
+    n = r["meta"]["workers"]
     mem, ping, cold = r["memory"], r["ping_under_load_ms"], r["cold_start_s"]
     corr = r["correctness"]
-    lines += [
-        "",
-        "## Other figures",
-        "",
+    return [
         "| what | figure |",
         "|---|---|",
         f"| /ping under full load ({ping['during']}) | p50 {ping['p50']} ms, p99 {ping['p99']} "
@@ -440,7 +463,6 @@ def markdown(r):
         "share it, so the sum is the server's real footprint.",
         "",
     ]
-    return "\n".join(lines)
 
 
 def _load(avg):
@@ -512,6 +534,53 @@ def _soak_middle(r):
 def soak_step(r):
     curve = r["soak"]["after"]["pss_mb"]
     return f"{curve[2][0] - curve[1][0]:,}"
+
+
+def _soak_label(r, name):
+    return (f"before (`{r['before_after']['before_image']}`)" if name == "before"
+            else "after" if "before" in r["soak"] else "served")
+
+
+def _soak_landmarks(r, curve):
+    """[(figure, value)] of one soak curve: its samples at the landmarks the goals use."""
+    points, middle = curve["pss_mb"], _soak_middle(r)
+
+    def top(late):
+        texts, mb = max((p for p in points[1:] if (p[0] > middle) == late),
+                        key=lambda p: p[1])
+        return f"{mb:.0f} MB at {texts:,} texts"
+
+    low = min(points[1:], key=lambda p: p[1])
+    second = curve.get("second_half_growth_mb")
+    return [("summed PSS before any novel text", f"{points[0][1]:.0f} MB"),
+            (f"after the warm-up of {r['soak']['warmup_texts']:,} texts",
+             f"{points[1][1]:.0f} MB"),
+            (f"highest of the first half (to {middle:,} texts)", top(False)),
+            ("highest of the second half", top(True)),
+            ("lowest after the warm-up",
+             f"{low[1]:.0f} MB at {low[0]:,} texts"),
+            (f"at the end ({points[-1][0]:,} texts)", f"{points[-1][1]:.0f} MB"),
+            ("growth: the end against after the warm-up", f"{curve['growth_mb']:+.0f} MB"),
+            ("growth over the second half: its highest against the first half's",
+             "—" if second is None else f"{second:+.0f} MB")]
+
+
+def soak_table(r):
+    """bench/README.md's memory over the soak: the landmarks of each server's curve
+    (soak.png draws it whole) and the soak's goals, from one run."""
+    soak, m = r["soak"], r["meta"]
+    curves = _soak_curves(r)
+    lines = [f"From the run of {m['date']} (`bench/results/results.json`, `soak`; "
+             "[soak.png](results/soak.png)): "
+             f"{m['workers']} workers, {soak['texts']:,} texts of novel words after a warm-up "
+             f"of {soak['warmup_texts']:,}, summed PSS sampled every {soak_step(r)} texts.", "",
+             "| figure | " + " | ".join(_soak_label(r, name) for name, _ in curves) + " |",
+             "|---|" + "---|" * len(curves)]
+    columns = [_soak_landmarks(r, curve) for _, curve in curves]
+    for i, (figure, _) in enumerate(columns[0]):
+        lines.append(f"| {figure} | " + " | ".join(col[i][1] for col in columns) + " |")
+    return lines + ["", "The soak's goals:", "",
+                    *goals_table(r, "soak:")]
 
 
 def soak_chart(r, path):
@@ -607,55 +676,108 @@ def scale_table(r):
     return lines
 
 
-def headline_table(r):
-    """README.md's few figures of the run: throughput against spaCy in-process, /ping under
-    load, memory over the soak, a large body's memory, long documents' F1, the image."""
-    m, mach, n = r["meta"], r["meta"]["machine"], r["meta"]["workers"]
-    lines = [f"From the run of {m['date']} (`bench/results/results.json`): {mach['cpu']}, "
-             f"{mach['cores']} cores shared with the load generator; target {m['target']}, "
-             f"{n} workers.", "", "| what | measured |", "|---|---|"]
-    batch = _best(r["served_batch"])
-    lines.append(f"| batch requests (`texts` of {m['corpus']['batch_size']}) | "
-                 f"{batch['docs_per_s']:.0f} docs/s, {batch_ratio(r)[0]:.2f} of "
-                 f"in-process `nlp.pipe` on {n} processes (measured alternately) |")
-    limit = r["single_text_limit"]
-    lines.append(f"| one-text requests from {limit['clients']} clients | "
-                 f"{limit['served_docs_per_s']:.0f} docs/s, "
-                 f"{limit['served_docs_per_s'] / limit['limit_docs_per_s']:.2f} of the "
-                 "single-text limit (the model's `nlp.pipe` cost plus the HTTP path's alone) |")
+def _headline_rows(r):
+    """[(what, measured, prefixes of the goal names the row speaks for)]: README.md's few
+    figures of the run."""
+    m, n = r["meta"], r["meta"]["workers"]
+    batch, limit = _best(r["served_batch"]), r["single_text_limit"]
     ping = r["ping_under_load_ms"]
-    lines.append(f"| `/ping` with every worker busy | p99 {ping['p99']} ms over {ping['n']:,} "
-                 f"pings, {ping['non_200']} not 200 |")
-    soak = r["soak"]
-    lines.append(f"| memory over {soak['texts']:,} texts of novel words | "
-                 f"{soak['after']['growth_mb']:+.0f} MB (summed PSS, after a warm-up of "
-                 f"{soak['warmup_texts']:,} texts)"
-                 + (f"; the earlier image `{r['before_after']['before_image']}`: "
-                    f"{soak['before']['growth_mb']:+.0f} MB"
-                    if "before" in soak and r.get("before_after") else "") + " |")
+    rows = [(f"batch requests (`texts` of {m['corpus']['batch_size']})",
+             f"{batch['docs_per_s']:.0f} docs/s, {batch_ratio(r)[0]:.2f} of in-process "
+             f"`nlp.pipe` on {n} processes (measured alternately)", ("batch requests:",)),
+            (f"one-text requests from {limit['clients']} clients",
+             f"{limit['served_docs_per_s']:.0f} docs/s, "
+             f"{limit['served_docs_per_s'] / limit['limit_docs_per_s']:.2f} of the single-text "
+             "limit (the model's `nlp.pipe` cost plus the HTTP path's alone)",
+             ("one-text requests",)),
+            ("`/ping` with every worker busy", f"p99 {ping['p99']} ms over {ping['n']:,} "
+             f"pings, {ping['non_200']} not 200", ("/ping",)),
+            _headline_soak(r)]
     lb = r.get("large_body", {})
     if lb.get("measured"):
-        b = lb["bodies"][-1]
-        lines.append(f"| a JSON Lines body of {b['body_mb']:g} MB | peak memory above idle "
-                     f"{b['peak_anon_above_idle_mb']:.0f} MB anon "
-                     f"({b['anon_over_body']:.2f}x the body) |")
+        bodies = lb["bodies"]
+        sizes = " and of ".join(f"{b['body_mb']:g}" for b in bodies)
+        rows.append((f"a JSON Lines body of {sizes} MB",
+                     "peak memory above idle " + " and ".join(
+                         f"{b['peak_anon_above_idle_mb']:.0f} MB anon "
+                         f"({b['anon_over_body']:.2f}x the body)" for b in bodies),
+                     ("large body:",)))
     docs = r.get("long_documents", {}).get("documents", [])
     if docs:
-        sizes = " and ".join(f"{d['chars']:,}" for d in docs)
-        f1 = " and ".join(str(d["f1"]) for d in docs)
         against = " and ".join("the whole document in one call" if d["reference"] == "whole"
                                else "each paragraph alone" for d in docs)
-        lines.append(f"| long documents of {sizes} characters | F1 {f1} against spaCy on "
-                     f"{against}, {sum(d['wrong_offsets'] for d in docs)} wrong offsets |")
+        sizes = " and ".join(f"{d['chars']:,}" for d in docs)
+        f1 = " and ".join(str(d["f1"]) for d in docs)
+        rows.append((f"long documents of {sizes} characters", f"F1 {f1} against spaCy on "
+                     f"{against}, {sum(d['wrong_offsets'] for d in docs)} wrong offsets",
+                     ("long document",)))
     mm = r.get("mme", {})
     if mm.get("measured"):
-        lines.append(f"| a multi-model endpoint of {mm['models']} English pipelines | "
+        rows.append((f"a multi-model endpoint of {mm['models']} English pipelines",
                      f"{statistics.median(mm['load_seconds']):.1f} s to load a model, "
                      f"{statistics.median(mm['anon_mb_per_model']):.0f} MB each, "
-                     f"{mm['after_unload_anon_above_idle_mb']:+.0f} MB once all are unloaded |")
-    lines.append(f"| image size | {r['image']['size_mb']:.0f} MB |" if r["image"] else
-                 "| image size | not measured (host target) |")
-    return lines
+                     f"{mm['after_unload_anon_above_idle_mb']:+.0f} MB once all are unloaded",
+                     ("multi-model:",)))
+    rows.append(("image size", f"{r['image']['size_mb']:.0f} MB" if r["image"] else
+                 "not measured (host target)", ("image size",)))
+    return rows
+
+
+def _headline_soak(r):
+    soak = r["soak"]
+    after = soak["after"]
+    second = after.get("second_half_growth_mb")
+    return (f"memory over {soak['texts']:,} texts of novel words",
+            f"{after['growth_mb']:+.0f} MB (summed PSS, after a warm-up of "
+            f"{soak['warmup_texts']:,} texts)"
+            + ("" if second is None else
+               f"; the top of its second half {second:+.0f} MB over the first half's")
+            + (f"; the earlier image `{r['before_after']['before_image']}`: "
+               f"{soak['before']['growth_mb']:+.0f} MB"
+               if "before" in soak and r.get("before_after") else ""),
+            ("soak:",))
+
+
+def _goal_cell(r, prefixes):
+    """Whether the goals a headline row speaks for were met, each missed one named."""
+    mine = [g for g in r["goals"] if g["goal"].startswith(prefixes)]
+    missed = [g for g in mine if g["met"] is False]
+    met = sum(1 for g in mine if g["met"])
+    if not mine or (not missed and not met):
+        return "not measured"
+    if not missed:
+        return "met" if met == 1 else f"all {met} met"
+    return "; ".join(f"**missed**: {g['goal']}, {_fmt(g['measured'])} against {g['target']}"
+                     for g in missed) + (f"; {met} other met" if met else "")
+
+
+def headline_table(r):
+    """README.md's few figures of the run, each with whether its goals were met, and every
+    goal the run missed named below, the ones no row speaks for too."""
+    m, mach = r["meta"], r["meta"]["machine"]
+    lines = [f"From the run of {m['date']} (`bench/results/results.json`): {mach['cpu']}, "
+             f"{mach['cores']} cores shared with the load generator; target {m['target']}, "
+             f"{m['workers']} workers.", "", "| what | measured | goal |", "|---|---|---|"]
+    lines += [f"| {what} | {measured} | {_goal_cell(r, prefixes)} |"
+              for what, measured, prefixes in _headline_rows(r)]
+    return lines + ["", goals_summary(r)]
+
+
+def goals_summary(r):
+    """One sentence: every goal the run missed, by name, and those it did not measure."""
+    missed = [g for g in r["goals"] if g["met"] is False]
+    unmeasured = [g for g in r["goals"] if g["met"] is None]
+    measured = len(r["goals"]) - len(unmeasured)
+    if missed:
+        text = (f"**Missed in this run ({len(missed)} of the {measured} goals measured):** "
+                + "; ".join(f"{g['goal']}, {_fmt(g['measured'])} against {g['target']}"
+                            for g in missed) + ".")
+    else:
+        text = f"Every one of the {measured} goals measured was met."
+    if unmeasured:
+        text += " Not measured: " + "; ".join(g["goal"] for g in unmeasured) + "."
+    return (text + " Every goal, its target and how it is measured: "
+            "[docs/performance.md](docs/performance.md#goals).")
 
 
 def goals_header(r):
@@ -675,6 +797,7 @@ READMES = {
     "large-work": "docs/deploying.md",
     "mme": "docs/deploying.md",
     "results": "bench/README.md",
+    "soak": "bench/README.md",
 }
 
 
@@ -685,7 +808,8 @@ def readme_tables(r):
             "scale": "\n".join(scale_table(r)),
             "large-work": "\n".join(large_work_table(r)),
             "mme": "\n".join(mme_table(r)),
-            "results": markdown(r)}
+            "results": markdown(r),
+            "soak": "\n".join(soak_table(r))}
 
 
 def update_readmes(r, root):

@@ -108,9 +108,8 @@ def test_no_page_holds_markers_report_py_does_not_write():
 
 
 def test_the_generated_tables_are_what_report_py_makes_of_the_committed_results():
-    results = json.loads((ROOT / "bench" / "results" / "results.json").read_text())
+    results = committed_results()
     assert not results["meta"]["quick"], "bench/results/results.json is a quick run's"
-    results["goals"] = report.goals(results)  # as report.py's own entry point does
     tables = report.readme_tables(results)
     assert set(tables) == set(report.READMES), (sorted(tables), sorted(report.READMES))
     for name, relative in report.READMES.items():
@@ -121,6 +120,53 @@ def test_the_generated_tables_are_what_report_py_makes_of_the_committed_results(
             f"{relative}: the {name!r} table is not what bench/report.py makes of "
             "bench/results/results.json; run `.venv/bin/python bench/report.py` (never edit "
             "a generated table by hand)")
+
+
+def committed_results():
+    results = json.loads((ROOT / "bench" / "results" / "results.json").read_text())
+    results["goals"] = report.goals(results)  # as report.py's own entry point does
+    return results
+
+
+def test_the_headline_marks_every_goal_the_committed_run_missed():
+    results = committed_results()
+    headline = "\n".join(report.headline_table(results))
+    missed = [g["goal"] for g in results["goals"] if g["met"] is False]
+    for goal in missed:
+        assert goal in headline, f"README.md's headline does not name the missed goal {goal!r}"
+    assert ("**missed**" in headline) == bool(missed)
+    # A row whose goal was missed says so in its own row.
+    rows = [line for line in headline.splitlines() if line.startswith("| memory over ")]
+    soak_missed = any(g["goal"].startswith("soak:") for g in results["goals"]
+                      if g["met"] is False)
+    assert len(rows) == 1 and ("**missed**" in rows[0]) == soak_missed, rows
+
+
+def test_the_headline_of_a_run_that_met_every_goal_says_so_and_marks_nothing_missed():
+    results = committed_results()
+    for g in results["goals"]:
+        g["met"] = True if g["met"] is not None else None
+    headline = "\n".join(report.headline_table(results))
+    assert "**missed**" not in headline and "goals measured was met" in headline
+
+
+def test_the_headline_marks_a_missed_goal_no_row_speaks_for():
+    results = committed_results()
+    goal = next(g for g in results["goals"] if g["goal"].startswith("cold start"))
+    goal["met"] = False
+    headline = "\n".join(report.headline_table(results))
+    assert goal["goal"] in headline.splitlines()[-1], headline.splitlines()[-1]
+
+
+def test_every_table_in_bench_readme_is_one_report_py_writes():
+    text = FENCE.sub("", (ROOT / "bench" / "README.md").read_text())
+    for name, relative in report.READMES.items():
+        if relative == "bench/README.md":
+            text = re.sub(rf"<!-- bench:{name}:start -->.*?<!-- bench:{name}:end -->", "",
+                          text, flags=re.S)
+    typed = [line for line in text.splitlines() if line.lstrip().startswith("|")]
+    assert not typed, ("bench/README.md has a table outside the markers bench/report.py "
+                       "writes (figures come from a committed run):\n" + "\n".join(typed))
 
 
 def test_the_readme_is_short():
