@@ -7,7 +7,8 @@ Python built differently (the host's pyenv build against the image's Debian one)
 spaCy's speed by more than the differences being measured.
 
 usage: baseline.py --sentences N --workers N --latency-texts N [--paired-port PORT]
-                   [--pipe-n] [--transform-bytes B] [--long-document CHARS --reference whole|paragraphs]
+                   [--pipe-n] [--transform-bytes B]
+                   [--long-document CHARS --reference whole|paragraphs]
 Prints one JSON object on stdout.
 """
 
@@ -115,7 +116,7 @@ def paired(port, texts):
             for t in texts]
     local, served = [], []
     try:
-        for text, req in zip(texts, reqs):
+        for text, req in zip(texts, reqs, strict=True):
             t0 = time.perf_counter()
             inprocess.call(text)
             t1 = time.perf_counter()

@@ -19,6 +19,8 @@ chart.png to bench/results/ (bench/results/quick/ with --quick).
 """
 
 import argparse
+import functools
+import itertools
 import json
 import os
 import platform
@@ -26,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +124,7 @@ def check_entities(form, bodies, expected):
     served = [ents for body in bodies for ents in FORMS[form][1](body)]
     if form == "blog":
         expected = [[[t, label] for t, label, _, _ in doc] for doc in expected]
-    mismatches = [i for i, (a, b) in enumerate(zip(served, expected)) if a != b]
+    mismatches = [i for i, (a, b) in enumerate(zip(served, expected, strict=True)) if a != b]
     mismatches += list(range(min(len(served), len(expected)), max(len(served), len(expected))))
     return {"docs": len(expected), "mismatches": len(mismatches), "first": mismatches[:5]}, served
 
@@ -361,7 +363,7 @@ def soak(servers, texts, samples, warmup):
     step += -step % SOAK_REQUEST_TEXTS
     bounds = [0, warmup, *range(warmup + step, len(texts), step), len(texts)]
     curves = {name: [[0, settled_pss_mb(s)]] for name, s in servers.items()}
-    for lo, hi in zip(bounds, bounds[1:]):
+    for lo, hi in itertools.pairwise(bounds):
         for name, server in servers.items():
             bodies = [encode({"texts": texts[j:min(j + SOAK_REQUEST_TEXTS, hi)]})
                       for j in range(lo, hi, SOAK_REQUEST_TEXTS)]
@@ -581,7 +583,7 @@ def measure_large_bodies(start, kind, texts, n, plan, results):
                 warm(server, texts, n)
                 answer, memory = container_memory.above_idle(
                     container_memory.cgroup_dir(server.id),
-                    lambda: large_body.send(server.port, path, records, texts, expected))
+                    functools.partial(large_body.send, server.port, path, records, texts, expected))
             finally:
                 server.stop()
             path.unlink()
@@ -622,12 +624,12 @@ def measure_long_documents(start, kind, image, texts, n, plan, results):
     server = start(n, False, env={"MODEL_SERVER_TIMEOUT": "3600"})
     try:
         warm(server, texts, n)
-        for (how, chars), ref in zip(cases, references):
+        for (how, chars), ref in zip(cases, references, strict=True):
             doc = long_docs.document(chars, texts)
             if kind == "image":
                 folder = container_memory.cgroup_dir(server.id)
                 (seconds, served), memory = container_memory.above_idle(
-                    folder, lambda: long_docs.post(server.port, doc))
+                    folder, functools.partial(long_docs.post, server.port, doc))
             else:
                 (seconds, served), memory = long_docs.post(server.port, doc), None
             row = {"reference": how, "requested_chars": chars, "chars": len(doc),
@@ -659,6 +661,7 @@ def measure_mme(kind, image, texts, n, plan, expected, results):
         results["mme"] = {"measured": False, "why": "a multi-model endpoint runs the image"}
         return
     import spacy
+
     from settings import Settings  # the server's own (inprocess.py puts it on the path)
 
     bodies = FORMS["batch"][0](texts)
@@ -706,7 +709,7 @@ def main():
                               model_dir, env).start()
 
     texts = corpus.sentences(plan["sentences"])
-    results = {"meta": {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    results = {"meta": {"date": datetime.now(UTC).isoformat(timespec="seconds"),
                         "quick": args.quick, "target": kind, "workers": n,
                         "network": ("published port (docker-proxy)" if args.publish else
                                     "host network") if kind == "image" else "loopback",
@@ -755,7 +758,7 @@ def main():
     if args.quick:
         # The served entities per text, for tests/test_bench.py to check independently.
         with open(out / "served-entities.jsonl", "w") as f:
-            for text, ents in zip(texts, served):
+            for text, ents in zip(texts, served, strict=True):
                 f.write(json.dumps({"text": text, "entities": ents}, ensure_ascii=False) + "\n")
     log(f"done in {results['meta']['duration_s']} s; wrote {out}/results.json, results.md, "
         "chart.png")

@@ -91,7 +91,7 @@ def reference(doc, how):
     else:
         found = []
         parts = paragraphs(doc)
-        for (start, _), d in zip(parts, nlp.pipe(text for _, text in parts)):
+        for (start, _), d in zip(parts, nlp.pipe(text for _, text in parts), strict=True):
             found += [[start + e.start_char, start + e.end_char, e.label_, e.text]
                       for e in d.ents]
     seconds = time.perf_counter() - t0

@@ -10,6 +10,7 @@ comparison measures only the spreading. Memory is the container's cgroup anon me
 (container_memory.py): what the models' processes hold, each shared page once.
 """
 
+import functools
 import shutil
 import statistics
 import tempfile
@@ -73,7 +74,7 @@ def measure(image, pipeline, pipeline_name, bodies, docs, models, concurrency, r
             loads, held = [], []
             for name in names:
                 before = anon_mb()
-                loads.append(_timed(lambda: endpoint.load(name), f"loading {name}"))
+                loads.append(_timed(functools.partial(endpoint.load, name), f"loading {name}"))
                 held.append(round(anon_mb() - before, 1))
             loaded = anon_mb()
             # Every model warm before anything is timed; its answers checked too.
@@ -86,7 +87,7 @@ def measure(image, pipeline, pipeline_name, bodies, docs, models, concurrency, r
                                  concurrency)
                     timed[how].append(r.seconds)
                     mismatches += check(r.bodies)
-            unloads = [_timed(lambda: endpoint.unload(name), f"unloading {name}")
+            unloads = [_timed(functools.partial(endpoint.unload, name), f"unloading {name}")
                        for name in names]
             after = anon_mb()
         finally:
@@ -102,5 +103,6 @@ def measure(image, pipeline, pipeline_name, bodies, docs, models, concurrency, r
             "docs": docs, "runs": 1 + 2 * rounds,
             "one_docs_per_s": [round(x, 1) for x in one],
             "spread_docs_per_s": [round(x, 1) for x in many],
-            "spread_over_one": round(statistics.median(m / o for m, o in zip(many, one)), 3),
+            "spread_over_one": round(
+                statistics.median(m / o for m, o in zip(many, one, strict=True)), 3),
             "mismatches": mismatches}

@@ -47,15 +47,15 @@ def goals(r):
     soak = r["soak"]["after"]
     ratio, how = batch_ratio(r)
     out = [
-        ("batch requests: served docs/s / in-process nlp.pipe on %d processes" % n,
+        (f"batch requests: served docs/s / in-process nlp.pipe on {n} processes",
          ">= 0.9", ratio, lambda v: v >= 0.9,
          f"{how}; the sweep's best, {batch['docs_per_s']:.0f} docs/s (concurrency "
          f"{batch['concurrency']}), against nlp.pipe in batches of 64 on {n} processes: "
          f"{batch['docs_per_s'] / base['pipe_n_batches_of_64']['docs_per_s']:.2f}, the same "
          f"in memory zones as the server runs them: "
          f"{batch['docs_per_s'] / base['pipe_n_batches_of_64_in_zones']['docs_per_s']:.2f}"),
-        ("one-text requests, %d clients: served docs/s / the single-text limit"
-         % limit["clients"], ">= 0.8", limit["served_docs_per_s"] / limit["limit_docs_per_s"],
+        (f"one-text requests, {limit['clients']} clients: served docs/s / the single-text limit",
+         ">= 0.8", limit["served_docs_per_s"] / limit["limit_docs_per_s"],
          lambda v: v >= 0.8,
          f"{limit['served_docs_per_s']:.0f} / {limit['limit_docs_per_s']:.0f} docs/s; limit = "
          f"1 / (1/{limit['pipe_n_docs_per_s']:.0f} nlp.pipe + 1/"
@@ -66,7 +66,7 @@ def goals(r):
          f"served p50 {over['served_ms']['p50']} ms - nlp(text) p50 "
          f"{over['in_process_ms']['p50']} ms, alternating, one at a time, "
          f"{over['served_ms']['n']} texts"),
-        ("soak: memory growth over %s texts of novel words" % f"{r['soak']['texts']:,}",
+        (f"soak: memory growth over {r['soak']['texts']:,} texts of novel words",
          "<= 40 MB", soak["growth_mb"], lambda v: v <= 40,
          f"summed PSS {soak['pss_mb'][1][1]:.0f} -> {soak['pss_mb'][-1][1]:.0f} MB after a "
          f"warm-up of {r['soak']['warmup_texts']:,} texts ({soak['warmup_growth_mb']:+.0f} MB)"
@@ -81,7 +81,7 @@ def goals(r):
          lambda v: v <= 100, f"{r['ping_under_load_ms']['n']} pings"),
         ("cold start: start to first 200 from /ping", "<= 5 s",
          r["cold_start_s"]["workers_n"], lambda v: v <= 5, f"{n} workers"),
-        ("memory: %d workers / 1 worker (summed PSS)" % n, "<= 1.5",
+        (f"memory: {n} workers / 1 worker (summed PSS)", "<= 1.5",
          r["memory"]["ratio_pss"], lambda v: v <= 1.5,
          f"{r['memory'][f'workers_{n}']['pss_mb']:.0f} / "
          f"{r['memory']['workers_1']['pss_mb']:.0f} MB"),

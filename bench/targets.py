@@ -17,8 +17,17 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from harness.servers import (  # noqa: E402,F401 (MultiModelEndpoint: for mme.py)
-    DEFAULT_IMAGE, Container, HostProcess, MultiModelEndpoint, ServerError, docker_ready,
-    free_port, host_env, image_exists, in_ci)
+    DEFAULT_IMAGE,
+    Container,
+    HostProcess,
+    MultiModelEndpoint,
+    ServerError,
+    docker_ready,
+    free_port,
+    host_env,
+    image_exists,
+    in_ci,
+)
 
 TargetError = ServerError
 

@@ -20,7 +20,14 @@ sys.path[:0] = [str(PROGRAM_DIR), str(ROOT), str(PLUGINS)]
 
 # How the tests (and the benchmark) start, wait for and stop the real server.
 from harness.servers import (  # noqa: E402,F401 (re-exported for the test modules)
-    DEFAULT_IMAGE, HostProcess, docker_ready, free_port, host_env, in_ci, wait_until)
+    DEFAULT_IMAGE,
+    HostProcess,
+    docker_ready,
+    free_port,
+    host_env,
+    in_ci,
+    wait_until,
+)
 
 # Sentences whose entities the tiny model learns; the tests ask for these back.
 TRAIN = [
@@ -111,6 +118,7 @@ def misbehaving_model(tiny_model, tmp_path_factory):
     """The tiny NER pipeline plus test_raise, test_stall, test_hold, test_sleep,
     test_exit and test_count (tests/plugins/ner_test_components.py)."""
     import spacy
+
     import ner_test_components  # noqa: F401 (registers the components)
 
     nlp = spacy.load(tiny_model)

@@ -19,17 +19,16 @@ import pytest
 import requests
 import spacy
 
+import ner_test_components as components  # noqa: E402 (conftest puts PLUGINS on the path)
 import pipeline
 import predictor
-from batcher import Batcher
-from cutting import Limit
 from bad_requests import check_error
-from conftest import PLUGINS, TRAIN, retry_while_504, wait_until
+from batcher import Batcher, PipelineError
+from conftest import TRAIN, retry_while_504, wait_until
+from cutting import Limit
 from fanout import PART_HEADER, Fanout
-from tuning import MIN_PART_CHARACTERS, PARTS_PER_WORKER
 from settings import Settings
-
-import ner_test_components as components  # noqa: E402 (conftest puts PLUGINS on the path)
+from tuning import MIN_PART_CHARACTERS, PARTS_PER_WORKER
 
 TEXTS = [text for text, _ in TRAIN]
 
@@ -281,7 +280,7 @@ def test_a_request_cut_by_the_cap_that_fails_leaves_the_model_to_the_next(marker
     nlp.add_pipe("test_exit")
     batcher = Batcher(nlp, Limit(10), timeout=60, stuck_seconds=60)
     try:
-        with pytest.raises(Exception):
+        with pytest.raises((RuntimeError, PipelineError)):
             batcher.predict(["a" * 10, f"{marker} b", "c" * 10])
         assert not batcher.busy and batcher.queued() == 0
         assert batcher.predict(["hello"]) == [[]]
@@ -388,7 +387,7 @@ def test_serve_merges_the_requests_queued_behind_a_busy_model_and_keeps_the_voca
         answers += list(pool.map(
             lambda t: requests.post(url, json={"text": t}, timeout=60), texts[behind:]))
     assert all(a.status_code == 200 for a in answers)
-    for text, answer in zip(texts, answers):
+    for text, answer in zip(texts, answers, strict=True):
         for e in answer.json()["entities"]:
             assert text[e["start"]:e["end"]] == e["text"]
     calls = [line for line in server.logs().splitlines() if "nlp.pipe call" in line]

@@ -9,9 +9,8 @@ import uuid
 
 import pytest
 
+from aws_local import REGION, build_env, local_registry, moto_server, private_docker_config  # noqa: F401 (fixtures)
 from conftest import ROOT, free_port, in_ci
-from aws_local import (  # noqa: F401 (fixtures)
-    REGION, build_env, local_registry, moto_server, private_docker_config)
 
 SCRIPT = ROOT / "build_and_push.sh"
 NAME = "spacy-ner-sagemaker"

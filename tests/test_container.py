@@ -20,8 +20,13 @@ import pytest
 import requests
 import spacy
 
-from bad_requests import (LARGE_HEADERS, check_error, check_over_http, each_bad_request,
-                          send_every_bad_request)
+from bad_requests import (
+    LARGE_HEADERS,
+    check_error,
+    check_over_http,
+    each_bad_request,
+    send_every_bad_request,
+)
 from conftest import PLUGINS, TRAIN, free_port, in_ci, wait_until
 from harness import servers
 from samples import APPLE, APPLE_ENTITIES
@@ -481,7 +486,7 @@ def test_a_document_past_nlp_max_length_gets_the_entities_of_its_paragraphs(serv
         offset += len(p) + 2
     sample = list(range(0, len(paragraphs), 25))
     want, found = set(), set()
-    for i, doc in zip(sample, nlp.pipe(paragraphs[i] for i in sample)):
+    for i, doc in zip(sample, nlp.pipe(paragraphs[i] for i in sample), strict=True):
         want |= {(starts[i] + e.start_char, starts[i] + e.end_char, e.label_) for e in doc.ents}
         found |= {(e["start"], e["end"], e["label"]) for e in got
                   if starts[i] <= e["start"] < starts[i] + len(paragraphs[i])}

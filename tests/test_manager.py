@@ -23,12 +23,12 @@ import pytest
 import cgroups
 import estimate
 import launch
-from manager import Manager, paginate
-from model_process import model_env
 import manager_http
 import model_names
 import procfs
-from conftest import PROGRAM_DIR, wait_until
+from conftest import wait_until
+from manager import Manager, paginate
+from model_process import model_env
 from protocol import ApiError
 from settings import Settings
 

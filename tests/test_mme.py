@@ -390,12 +390,12 @@ def test_a_load_that_does_not_fit_the_memory_limit_is_507_and_the_container_live
     # loads again. The manager's estimate is kept on the safe side (a load's highest PSS,
     # the largest correction of the last few), so one unload may not be enough; with every
     # other model gone the container is back where the first load fitted.
-    for unloaded, name in enumerate(loaded, 1):
+    for name in loaded:
         assert e.unload(name).status_code == 200
         again = e.load(refused)
         if again.status_code != 507:
             break
-    assert again.status_code == 200, (unloaded, again.text, e.logs()[-3000:])
+    assert again.status_code == 200, (name, again.text, e.logs()[-3000:])
     assert e.invoke(refused, {"text": TINY_TEXT}).json() == {"entities": TINY_ENTITIES}
     assert e.oom_kills() == 0
 

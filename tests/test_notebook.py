@@ -15,9 +15,8 @@ import uuid
 
 import pytest
 
+from aws_local import build_env, local_registry, moto_server, private_docker_config  # noqa: F401 (fixtures)
 from conftest import ROOT, free_port
-from aws_local import (  # noqa: F401 (fixtures)
-    build_env, local_registry, moto_server, private_docker_config)
 
 NOTEBOOK = ROOT / "notebook.ipynb"
 NOTEBOOK_VENV = ROOT / ".venv-notebook"

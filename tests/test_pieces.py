@@ -6,6 +6,7 @@ those of the whole text, wherever the cuts fall. (test_app.py runs the same thro
 app and a real spaCy pipeline.)
 """
 
+import itertools
 import random
 import re
 
@@ -51,7 +52,7 @@ def test_paragraph_breaks_are_preferred_and_pieces_cover_the_text():
     spans = pieces.cuts(text, 1000)
     assert all(text[cut - 2:cut].strip() == "" for _, _, cut in spans)
     assert spans[0][0] == 0 and spans[-1][2] == len(text)
-    assert all(a[2] == b[0] for a, b in zip(spans, spans[1:]))  # consecutive
+    assert all(a[2] == b[0] for a, b in itertools.pairwise(spans))  # consecutive
 
 
 def test_a_run_without_whitespace_is_cut_anywhere_and_still_covered():

@@ -20,16 +20,29 @@ import psutil
 import pytest
 import requests
 
-from bad_requests import (LARGE_HEADERS, LONG_QUERY, check_error, check_over_http,
-                          each_bad_request, send_every_bad_request)
-from conftest import (TRAIN, PROGRAM_DIR, free_port, retry_while_504, serve_env,
-                      start_host_server, wait_until)
-from harness.servers import ping_status
-from capacity import work
 import launch
+from bad_requests import (
+    LARGE_HEADERS,
+    LONG_QUERY,
+    check_error,
+    check_over_http,
+    each_bad_request,
+    send_every_bad_request,
+)
+from capacity import work
+from conftest import (
+    PROGRAM_DIR,
+    TRAIN,
+    free_port,
+    retry_while_504,
+    serve_env,
+    start_host_server,
+    wait_until,
+)
+from harness.servers import ping_status
+from samples import APPLE, APPLE_ENTITIES, batch_of
 from settings import Settings
 from tuning import MAX_TEXTS_PER_CALL, MIN_PART_CHARACTERS, PARTS_PER_WORKER, TEXT_WORK
-from samples import APPLE, APPLE_ENTITIES, batch_of
 
 TRAIN_TEXT = TRAIN[0][0]  # a sentence the tiny model of the plugin tests knows
 
@@ -489,7 +502,7 @@ def test_sagemaker_bind_to_port_moves_the_server(start_server):
     server = start_server(SAGEMAKER_BIND_TO_PORT=port, MODEL_SERVER_WORKERS=1)
     assert server.port == port
     assert requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200
-    assert "nginx on port %d" % port in server.logs()
+    assert f"nginx on port {port}" in server.logs()
 
 
 def test_a_model_in_the_model_dir_takes_precedence_over_the_baked_one(start_server, tmp_path,

@@ -94,7 +94,7 @@ def test_a_transform_job_of_two_8_mb_files_answers_every_record(docker, image, i
     for name, inputs_of_file in records.items():
         out = (output_dir / f"{name}.out").read_text().splitlines()
         assert len(out) == len(inputs_of_file), (name, len(out), len(inputs_of_file))
-        for i, (record, line) in enumerate(zip(inputs_of_file, out)):
+        for i, (record, line) in enumerate(zip(inputs_of_file, out, strict=True)):
             answer = json.loads(line)
             assert "error" not in answer, (name, i, line)
             assert answer["id"] == record["id"], (name, i, line)

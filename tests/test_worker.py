@@ -9,6 +9,7 @@ these tests say whether each of those still holds. They drive the real MergingTh
 loop in this process, on a real unix socket, with a stand-in app: nothing here is timed.
 """
 
+import itertools
 import os
 import selectors
 import socket
@@ -209,7 +210,7 @@ def test_the_loop_beats_at_least_once_a_second_busy_or_not(make_worker, monkeypa
     turns = [c for c in w.calls if c[0] in ("notify", "wait")]
     waits = [c for c in turns if c[0] == "wait"]
     assert all(0 < c[2] <= 1.0 for c in waits), waits
-    for before, after in zip(turns, turns[1:]):  # never two waits without a beat between
+    for before, after in itertools.pairwise(turns):  # never two waits without a beat between
         assert not (before[0] == after[0] == "wait"), turns
     assert turns[0][0] == "notify"
     assert {c[1] for c in turns} == {loop.thread.ident}
