@@ -31,8 +31,12 @@ BATCH = 64  # texts per batch request: the size of the batch-request goal (docs/
 def ms(values):
     """p50/p95/p99 of a list of seconds, in milliseconds."""
     p50, p95, p99 = np.percentile(np.asarray(values) * 1000, [50, 95, 99])
-    return {"p50": round(float(p50), 2), "p95": round(float(p95), 2),
-            "p99": round(float(p99), 2), "n": len(values)}
+    return {
+        "p50": round(float(p50), 2),
+        "p95": round(float(p95), 2),
+        "p99": round(float(p99), 2),
+        "n": len(values),
+    }
 
 
 def _rounded(d):
@@ -55,12 +59,16 @@ def measure(texts, n, latency_texts):
     # The same in memory zones, as the server runs them: what flat memory costs.
     zone_64, expected_zone = inprocess.pipe_processes(texts, n, chunk=BATCH, zone=True)
     if not expected == expected_n == expected_calls == expected_64 == expected_zone:
-        raise SystemExit("baseline: in-process entities differ between nlp.pipe on 1 "
-                         f"process, on {n} processes, and nlp(text)")
+        raise SystemExit(
+            "baseline: in-process entities differ between nlp.pipe on 1 "
+            f"process, on {n} processes, and nlp(text)"
+        )
     call_seconds, call_cpu_ms = inprocess.call_latencies(texts[:latency_texts])
     zone = zone_cost(texts[:latency_texts])
     baseline = {
-        "pipe_1": _rounded(one), "pipe_n": _rounded(many), "calls_n": _rounded(calls),
+        "pipe_1": _rounded(one),
+        "pipe_n": _rounded(many),
+        "calls_n": _rounded(calls),
         "pipe_n_batches_of_64": _rounded(pipe_64),
         "pipe_n_batches_of_64_in_zones": _rounded(zone_64),
         "nlp_call_latency_ms": ms(call_seconds),
@@ -99,9 +107,12 @@ def everything(texts, n, latency_texts):
     """Load the pipeline as the server does, measure; what main() prints."""
     nlp = inprocess.load()
     baseline, expected = measure(texts, n, latency_texts)
-    return {"baseline": baseline, "expected": expected, "versions": inprocess.versions(),
-            "tokens_per_sentence": round(
-                float(np.mean([len(nlp.make_doc(t)) for t in texts])), 1)}
+    return {
+        "baseline": baseline,
+        "expected": expected,
+        "versions": inprocess.versions(),
+        "tokens_per_sentence": round(float(np.mean([len(nlp.make_doc(t)) for t in texts])), 1),
+    }
 
 
 def paired(port, texts):
@@ -111,9 +122,15 @@ def paired(port, texts):
     difference is the serving overhead, not a change in what else the machine was doing.
     """
     conn = load.Connection(port)
-    reqs = [load.http_request(port, "POST", "/invocations",
-                              json.dumps({"text": t}, ensure_ascii=False).encode("utf-8"))
-            for t in texts]
+    reqs = [
+        load.http_request(
+            port,
+            "POST",
+            "/invocations",
+            json.dumps({"text": t}, ensure_ascii=False).encode("utf-8"),
+        )
+        for t in texts
+    ]
     local, served = [], []
     try:
         for text, req in zip(texts, reqs, strict=True):
@@ -153,28 +170,43 @@ def main():
     parser.add_argument("--sentences", type=int, required=True)
     parser.add_argument("--workers", type=int, required=True)
     parser.add_argument("--latency-texts", type=int, required=True)
-    parser.add_argument("--paired-port", type=int,
-                        help="measure only the paired latency against the server on this port")
-    parser.add_argument("--pipe-n", action="store_true",
-                        help="measure only nlp.pipe on the workers' processes over the corpus")
-    parser.add_argument("--transform-bytes", type=int,
-                        help="measure only nlp.pipe over a transform job's records, files "
-                        "of at least this many bytes (transform.py)")
-    parser.add_argument("--long-document", type=int, metavar="CHARS",
-                        help="measure only the long-document reference (long_docs.py)")
+    parser.add_argument(
+        "--paired-port",
+        type=int,
+        help="measure only the paired latency against the server on this port",
+    )
+    parser.add_argument(
+        "--pipe-n",
+        action="store_true",
+        help="measure only nlp.pipe on the workers' processes over the corpus",
+    )
+    parser.add_argument(
+        "--transform-bytes",
+        type=int,
+        help="measure only nlp.pipe over a transform job's records, files "
+        "of at least this many bytes (transform.py)",
+    )
+    parser.add_argument(
+        "--long-document",
+        type=int,
+        metavar="CHARS",
+        help="measure only the long-document reference (long_docs.py)",
+    )
     parser.add_argument("--reference", choices=["whole", "paragraphs"], default="whole")
     args = parser.parse_args()
     texts = corpus.sentences(args.sentences)
     if args.pipe_n:
         out = {"pipe_n": pipe_n(texts, args.workers)}
     elif args.transform_bytes:
-        out = {"transform_pipe_n": transform_yardstick(texts, args.workers,
-                                                       args.transform_bytes)}
+        out = {"transform_pipe_n": transform_yardstick(texts, args.workers, args.transform_bytes)}
     elif args.long_document:
-        out = {"long_document": long_docs.reference(
-            long_docs.document(args.long_document, texts), args.reference)}
+        out = {
+            "long_document": long_docs.reference(
+                long_docs.document(args.long_document, texts), args.reference
+            )
+        }
     elif args.paired_port:
-        out = {"paired": paired(args.paired_port, texts[:args.latency_texts])}
+        out = {"paired": paired(args.paired_port, texts[: args.latency_texts])}
     else:
         out = everything(texts, args.workers, args.latency_texts)
     json.dump(out, sys.stdout)

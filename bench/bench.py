@@ -56,28 +56,52 @@ ms = baseline.ms
 # memory 40 times: spaCy's tables grow in steps that double (bench/README.md, "Memory over
 # weeks"), so a shorter soak stops before most of them. About 14 minutes on 2 cores, 22
 # with --before-image.
-FULL = {"sentences": 4096, "latency_texts": 1000,
-        "batch_sweep": lambda n: [1, n, 2 * n], "single_sweep": lambda n: [1, 8, 32, 64],
-        "blog_sweep": lambda n: [1, n, 2 * n, 4 * n], "limit_clients": 32,
-        "soak_texts": 400_000, "soak_warmup": 2_000, "soak_samples": 40,
-        "before_after_rounds": 2, "limit_rounds": 3, "batch_goal_rounds": 5,
-        # Large work (issue 13): transform jobs over two files of 8 MB (128,737 records),
-        # each payload setting once a round, rounds alternating with the yardstick; JSON
-        # Lines bodies of 100 and 200 MB; documents of 900,000 and 2,500,000 characters.
-        # About 10 + 6 + 3 minutes on 2 cores.
-        "transform_file_bytes": 8 * 1024 * 1024, "transform_rounds": 2,
-        "large_body_mb": [100, 200], "long_document_chars": [900_000, 2_500_000],
-        # Multi-model endpoints (issue 15): more models than cores; about 2 minutes.
-        "mme_models": 3, "mme_rounds": 3}
+FULL = {
+    "sentences": 4096,
+    "latency_texts": 1000,
+    "batch_sweep": lambda n: [1, n, 2 * n],
+    "single_sweep": lambda n: [1, 8, 32, 64],
+    "blog_sweep": lambda n: [1, n, 2 * n, 4 * n],
+    "limit_clients": 32,
+    "soak_texts": 400_000,
+    "soak_warmup": 2_000,
+    "soak_samples": 40,
+    "before_after_rounds": 2,
+    "limit_rounds": 3,
+    "batch_goal_rounds": 5,
+    # Large work (issue 13): transform jobs over two files of 8 MB (128,737 records),
+    # each payload setting once a round, rounds alternating with the yardstick; JSON
+    # Lines bodies of 100 and 200 MB; documents of 900,000 and 2,500,000 characters.
+    # About 10 + 6 + 3 minutes on 2 cores.
+    "transform_file_bytes": 8 * 1024 * 1024,
+    "transform_rounds": 2,
+    "large_body_mb": [100, 200],
+    "long_document_chars": [900_000, 2_500_000],
+    # Multi-model endpoints (issue 15): more models than cores; about 2 minutes.
+    "mme_models": 3,
+    "mme_rounds": 3,
+}
 # CI: every section, a few seconds each; the figures are not for comparison.
-QUICK = {"sentences": 200, "latency_texts": 128,
-         "batch_sweep": lambda n: [n, 2 * n], "single_sweep": lambda n: [1, 8],
-         "blog_sweep": lambda n: [2 * n], "limit_clients": 8,
-         "soak_texts": 1000, "soak_warmup": 200, "soak_samples": 4,
-         "before_after_rounds": 1, "limit_rounds": 1, "batch_goal_rounds": 1,
-         "transform_file_bytes": 300_000, "transform_rounds": 1,
-         "large_body_mb": [3, 6], "long_document_chars": [150_000, 150_000],
-         "mme_models": 2, "mme_rounds": 1}
+QUICK = {
+    "sentences": 200,
+    "latency_texts": 128,
+    "batch_sweep": lambda n: [n, 2 * n],
+    "single_sweep": lambda n: [1, 8],
+    "blog_sweep": lambda n: [2 * n],
+    "limit_clients": 8,
+    "soak_texts": 1000,
+    "soak_warmup": 200,
+    "soak_samples": 4,
+    "before_after_rounds": 1,
+    "limit_rounds": 1,
+    "batch_goal_rounds": 1,
+    "transform_file_bytes": 300_000,
+    "transform_rounds": 1,
+    "large_body_mb": [3, 6],
+    "long_document_chars": [150_000, 150_000],
+    "mme_models": 2,
+    "mme_rounds": 1,
+}
 # The two transform jobs: /execution-parameters decides (what the notebook does: the
 # goal's job), and the real-time limit most examples set (beside it: the time local mode
 # spends making mini-batches grows with their size).
@@ -108,14 +132,21 @@ def _ents(answer_entities):
 
 
 FORMS = {
-    "single": (lambda texts: [encode({"text": t}) for t in texts],
-               lambda body: [_ents(json.loads(body)["entities"])]),
-    "batch": (lambda texts: [encode({"texts": texts[i:i + BATCH]})
-                             for i in range(0, len(texts), BATCH)],
-              lambda body: [_ents(r["entities"]) for r in json.loads(body)["results"]]),
+    "single": (
+        lambda texts: [encode({"text": t}) for t in texts],
+        lambda body: [_ents(json.loads(body)["entities"])],
+    ),
+    "batch": (
+        lambda texts: [
+            encode({"texts": texts[i : i + BATCH]}) for i in range(0, len(texts), BATCH)
+        ],
+        lambda body: [_ents(r["entities"]) for r in json.loads(body)["results"]],
+    ),
     # The blog post's format answers [text, label] pairs only.
-    "blog": (lambda texts: [encode({"input": t}) for t in texts],
-             lambda body: [json.loads(body)["output"]]),
+    "blog": (
+        lambda texts: [encode({"input": t}) for t in texts],
+        lambda body: [json.loads(body)["output"]],
+    ),
 }
 
 
@@ -142,7 +173,7 @@ def sweep(server, form, texts, concurrencies, expected, yardsticks, ping_at=()):
     bodies = FORMS[form][0](texts)
     reqs = requests_for(server.port, bodies)
     docs_per_request = len(texts) / len(reqs)
-    load.run(server.port, reqs[:2 * max(concurrencies)], max(concurrencies))  # warm every worker
+    load.run(server.port, reqs[: 2 * max(concurrencies)], max(concurrencies))  # warm every worker
     rows, pings, checks, served = [], [], [], None
     for c in concurrencies:
         sampler = load.PingSampler(server.port) if c in ping_at else None
@@ -150,13 +181,17 @@ def sweep(server, form, texts, concurrencies, expected, yardsticks, ping_at=()):
         r = load.run(server.port, reqs, c, sampler)
         server_cpu = server.cpu_seconds() - cpu0
         docs = len(texts)
-        row = {"concurrency": c, "requests": len(reqs), "docs": docs,
-               "seconds": round(r.seconds, 3), "docs_per_s": round(docs / r.seconds, 1),
-               **{f"ratio_{k}": round(docs / r.seconds / v, 3)
-                  for k, v in yardsticks.items()},
-               "latency_ms": ms(r.latencies),
-               "server_cpu_ms_per_doc": round(1000 * server_cpu / docs, 3),
-               "client_cpu_share": round(r.client_cpu_seconds / (r.seconds * os.cpu_count()), 3)}
+        row = {
+            "concurrency": c,
+            "requests": len(reqs),
+            "docs": docs,
+            "seconds": round(r.seconds, 3),
+            "docs_per_s": round(docs / r.seconds, 1),
+            **{f"ratio_{k}": round(docs / r.seconds / v, 3) for k, v in yardsticks.items()},
+            "latency_ms": ms(r.latencies),
+            "server_cpu_ms_per_doc": round(1000 * server_cpu / docs, 3),
+            "client_cpu_share": round(r.client_cpu_seconds / (r.seconds * os.cpu_count()), 3),
+        }
         if sampler is not None:
             under = sampler.under_load(r)
             pings.extend(under)
@@ -165,52 +200,99 @@ def sweep(server, form, texts, concurrencies, expected, yardsticks, ping_at=()):
         checks.append(check)
         rows.append(row)
         lat = row["latency_ms"]
-        log(f"{form:6} c={c:<3} {row['docs_per_s']:7.1f} docs/s ({row['ratio_pipe']:.2f} of "
+        log(
+            f"{form:6} c={c:<3} {row['docs_per_s']:7.1f} docs/s ({row['ratio_pipe']:.2f} of "
             f"in-process nlp.pipe), p50 {lat['p50']} ms, p99 {lat['p99']} ms, "
-            f"{check['mismatches']} entity mismatches, {docs_per_request:.0f} docs/request")
+            f"{check['mismatches']} entity mismatches, {docs_per_request:.0f} docs/request"
+        )
     return rows, pings, combined(checks), served
 
 
 def combined(checks):
     """check_entities' figures of several runs over the same texts, as one."""
-    return {"docs": checks[0]["docs"], "runs": len(checks),
-            "mismatches": sum(c["mismatches"] for c in checks),
-            "first": next((c["first"] for c in checks if c["first"]), [])}
+    return {
+        "docs": checks[0]["docs"],
+        "runs": len(checks),
+        "mismatches": sum(c["mismatches"] for c in checks),
+        "first": next((c["first"] for c in checks if c["first"]), []),
+    }
 
 
 def machine():
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), platform.processor() or "?")
-    return {"cpu": cpu, "cores": os.cpu_count(),
-            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-            "os": platform.platform(), "load_average_at_start": os.getloadavg()}
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in open("/proc/cpuinfo")
+            if line.startswith("model name")
+        ),
+        platform.processor() or "?",
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "os": platform.platform(),
+        "load_average_at_start": os.getloadavg(),
+    }
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="small corpus and short sweeps (CI); writes bench/results/quick/")
-    parser.add_argument("--target", choices=["auto", "host", "image"], default="auto",
-                        help="the image when a Docker engine answers (auto), or serve here")
-    parser.add_argument("--workers", type=int, default=2,
-                        help="server workers, and in-process baseline processes (default 2)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small corpus and short sweeps (CI); writes bench/results/quick/",
+    )
+    parser.add_argument(
+        "--target",
+        choices=["auto", "host", "image"],
+        default="auto",
+        help="the image when a Docker engine answers (auto), or serve here",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="server workers, and in-process baseline processes (default 2)",
+    )
     parser.add_argument("--image", default=os.environ.get("IMAGE", targets.DEFAULT_IMAGE))
-    parser.add_argument("--publish", action="store_true",
-                        help="image: reach the container through -p 127.0.0.1:PORT:8080 "
-                        "(Docker's userland proxy) instead of the host's network")
-    parser.add_argument("--before-image", help="an image of an earlier version: its one-text "
-                        "figures and memory soak run alternately with the image under test")
+    parser.add_argument(
+        "--publish",
+        action="store_true",
+        help="image: reach the container through -p 127.0.0.1:PORT:8080 "
+        "(Docker's userland proxy) instead of the host's network",
+    )
+    parser.add_argument(
+        "--before-image",
+        help="an image of an earlier version: its one-text "
+        "figures and memory soak run alternately with the image under test",
+    )
     parser.add_argument("--out", type=Path, help="results folder (default bench/results[/quick])")
     return parser.parse_args()
 
 
-def measure_baseline(kind, image, texts, n, plan, paired_port=None, transform_bytes=None,
-                     long_document=None, pipe_n=False):
+def measure_baseline(
+    kind,
+    image,
+    texts,
+    n,
+    plan,
+    paired_port=None,
+    transform_bytes=None,
+    long_document=None,
+    pipe_n=False,
+):
     """baseline.py's JSON: here for the host target, inside the image for the image.
     pipe_n, transform_bytes and long_document ((chars, "whole"|"paragraphs")) run only
     that yardstick."""
-    cli = ["--sentences", str(len(texts)), "--workers", str(n),
-           "--latency-texts", str(plan["latency_texts"])]
+    cli = [
+        "--sentences",
+        str(len(texts)),
+        "--workers",
+        str(n),
+        "--latency-texts",
+        str(plan["latency_texts"]),
+    ]
     if paired_port:
         cli += ["--paired-port", str(paired_port)]
     if pipe_n:
@@ -221,15 +303,29 @@ def measure_baseline(kind, image, texts, n, plan, paired_port=None, transform_by
         cli += ["--long-document", str(long_document[0]), "--reference", long_document[1]]
     if kind == "host":
         if paired_port:
-            return {"paired": baseline.paired(paired_port, texts[:plan["latency_texts"]])}
+            return {"paired": baseline.paired(paired_port, texts[: plan["latency_texts"]])}
         if pipe_n:
             return {"pipe_n": baseline.pipe_n(texts, n)}
         return baseline.everything(texts, n, plan["latency_texts"])
     # The image's own Python, spaCy and baked model; this folder mounted read-only. The
     # host's network only for the paired latency, which talks to the server.
-    cmd = ["docker", "run", "--rm", "--network", "host" if paired_port else "none",
-           "-v", f"{HERE}:/bench:ro", "-e", "BENCH_PROGRAM_DIR=/opt/program",
-           "-e", "PYTHONDONTWRITEBYTECODE=1", image, "python", "/bench/baseline.py", *cli]
+    cmd = [
+        "docker",
+        "run",
+        "--rm",
+        "--network",
+        "host" if paired_port else "none",
+        "-v",
+        f"{HERE}:/bench:ro",
+        "-e",
+        "BENCH_PROGRAM_DIR=/opt/program",
+        "-e",
+        "PYTHONDONTWRITEBYTECODE=1",
+        image,
+        "python",
+        "/bench/baseline.py",
+        *cli,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"bench: the baseline in the image failed: {out.stderr[-2000:]}")
@@ -252,15 +348,18 @@ def measure_served(start, texts, n, plan, expected, results, paired, pipe_n):
     try:
         results["meta"]["versions"]["server"] = server.versions()
         warm(server, texts, n)
-        batch, pings_b, check_b, _ = sweep(server, "batch", texts, plan["batch_sweep"](n),
-                                           expected, pipe_only, ping_at)
+        batch, pings_b, check_b, _ = sweep(
+            server, "batch", texts, plan["batch_sweep"](n), expected, pipe_only, ping_at
+        )
         batch_goal, check_goal = measure_batch_goal(server, texts, n, plan, expected, pipe_n)
-        single, pings_s, check_s, served = sweep(server, "single", texts,
-                                                 plan["single_sweep"](n), expected, both,
-                                                 ping_at)
+        single, pings_s, check_s, served = sweep(
+            server, "single", texts, plan["single_sweep"](n), expected, both, ping_at
+        )
         overhead = paired(server.port)
-        log(f"one short text at a time: served p50 {overhead['served_ms']['p50']} ms, "
-            f"nlp(text) p50 {overhead['in_process_ms']['p50']} ms")
+        log(
+            f"one short text at a time: served p50 {overhead['served_ms']['p50']} ms, "
+            f"nlp(text) p50 {overhead['in_process_ms']['p50']} ms"
+        )
         results["memory"] = {f"workers_{n}": server.memory()}
     finally:
         server.stop()
@@ -271,7 +370,8 @@ def measure_served(start, texts, n, plan, expected, results, paired, pipe_n):
     results["ping_under_load_ms"] = {
         **ms([seconds for seconds, _ in pings]),
         "non_200": sum(1 for _, status in pings if status != 200),
-        "during": f"batch and single runs at concurrency {2 * n} ({n} workers)"}
+        "during": f"batch and single runs at concurrency {2 * n} ({n} workers)",
+    }
     results["correctness"] = {"batch": check_b, "batch_goal": check_goal, "single": check_s}
     return served
 
@@ -290,13 +390,23 @@ def measure_batch_goal(server, texts, n, plan, expected, pipe_n):
         r = load.run(server.port, reqs, concurrency)
         checks.append(check_entities("batch", r.bodies, expected)[0])
         rate = len(texts) / r.seconds
-        rounds.append({"pipe_n_docs_per_s": round(pipe, 1), "served_docs_per_s": round(rate, 1),
-                       "ratio_pipe": round(rate / pipe, 3)})
-    goal = {"concurrency": concurrency, "rounds": rounds,
-            "ratio_pipe": float(np.median([r["ratio_pipe"] for r in rounds]))}
-    log(f"batch requests at concurrency {concurrency}, alternating with nlp.pipe on {n} "
+        rounds.append(
+            {
+                "pipe_n_docs_per_s": round(pipe, 1),
+                "served_docs_per_s": round(rate, 1),
+                "ratio_pipe": round(rate / pipe, 3),
+            }
+        )
+    goal = {
+        "concurrency": concurrency,
+        "rounds": rounds,
+        "ratio_pipe": float(np.median([r["ratio_pipe"] for r in rounds])),
+    }
+    log(
+        f"batch requests at concurrency {concurrency}, alternating with nlp.pipe on {n} "
         f"processes: ratios {[r['ratio_pipe'] for r in rounds]}, median "
-        f"{goal['ratio_pipe']:.3f}")
+        f"{goal['ratio_pipe']:.3f}"
+    )
     return goal, combined(checks)
 
 
@@ -308,8 +418,10 @@ def rules_only_pipeline(folder):
 
     nlp = spacy.blank("en")
     ruler = nlp.add_pipe("entity_ruler")
-    ruler.add_patterns([{"label": "ORG", "pattern": c} for c in corpus.COMPANIES]
-                       + [{"label": "GPE", "pattern": p} for p in corpus.PLACES])
+    ruler.add_patterns(
+        [{"label": "ORG", "pattern": c} for c in corpus.COMPANIES]
+        + [{"label": "GPE", "pattern": p} for p in corpus.PLACES]
+    )
     nlp.meta["name"] = "rules_only"
     nlp.to_disk(folder)
     return folder
@@ -326,7 +438,8 @@ def measure_http_path(start, texts, n, plan, results):
         servers = {"served": start(n, False)}
         try:
             servers["http_path"] = start(
-                n, False, model_dir=rules_only_pipeline(Path(tmp) / "rules_only"))
+                n, False, model_dir=rules_only_pipeline(Path(tmp) / "rules_only")
+            )
             rates = {name: [] for name in servers}
             latencies = {}
             for server in servers.values():
@@ -344,13 +457,19 @@ def measure_http_path(start, texts, n, plan, results):
     pipe = results["baseline"]["pipe_n"]["docs_per_s"]
     limit = 1 / (1 / pipe + 1 / http)
     results["single_text_limit"] = {
-        "http_path_docs_per_s": round(http, 1), "pipe_n_docs_per_s": round(pipe, 1),
-        "limit_docs_per_s": round(limit, 1), "clients": clients,
-        "served_docs_per_s": round(served, 1), "rounds": rates,
-        "http_path_latency_ms": ms(latencies["http_path"])}
-    log(f"{clients} clients, alternating: HTTP path alone (rules-only pipeline) "
+        "http_path_docs_per_s": round(http, 1),
+        "pipe_n_docs_per_s": round(pipe, 1),
+        "limit_docs_per_s": round(limit, 1),
+        "clients": clients,
+        "served_docs_per_s": round(served, 1),
+        "rounds": rates,
+        "http_path_latency_ms": ms(latencies["http_path"]),
+    }
+    log(
+        f"{clients} clients, alternating: HTTP path alone (rules-only pipeline) "
         f"{rates['http_path']} requests/s, served {rates['served']} docs/s; single-text "
-        f"limit {limit:.0f} docs/s")
+        f"limit {limit:.0f} docs/s"
+    )
 
 
 def soak(servers, texts, samples, warmup):
@@ -365,8 +484,10 @@ def soak(servers, texts, samples, warmup):
     curves = {name: [[0, settled_pss_mb(s)]] for name, s in servers.items()}
     for lo, hi in itertools.pairwise(bounds):
         for name, server in servers.items():
-            bodies = [encode({"texts": texts[j:min(j + SOAK_REQUEST_TEXTS, hi)]})
-                      for j in range(lo, hi, SOAK_REQUEST_TEXTS)]
+            bodies = [
+                encode({"texts": texts[j : min(j + SOAK_REQUEST_TEXTS, hi)]})
+                for j in range(lo, hi, SOAK_REQUEST_TEXTS)
+            ]
             load.run(server.port, requests_for(server.port, bodies), server.workers)
             curves[name].append([hi, settled_pss_mb(server)])
     return curves
@@ -413,18 +534,26 @@ def measure_soak_and_before_after(start, texts, n, plan, results, before_image):
             warm(server, texts, n)  # the corpus's words: what a running server has seen
         warmup = plan["soak_warmup"]
         novel = corpus.novel_texts(warmup + plan["soak_texts"])
-        log(f"soak: {warmup} + {plan['soak_texts']} texts of novel words in requests of "
-            f"{SOAK_REQUEST_TEXTS}{', alternating with ' + before_image if before_image else ''}")
+        log(
+            f"soak: {warmup} + {plan['soak_texts']} texts of novel words in requests of "
+            f"{SOAK_REQUEST_TEXTS}{', alternating with ' + before_image if before_image else ''}"
+        )
         curves = soak(servers, novel, plan["soak_samples"], warmup)
         results["soak"] = {
-            name: {"pss_mb": curve, "growth_mb": round(curve[-1][1] - curve[1][1], 1),
-                   "second_half_growth_mb": round(second_half_growth(curve), 1),
-                   "warmup_growth_mb": round(curve[1][1] - curve[0][1], 1)}
-            for name, curve in curves.items()}
+            name: {
+                "pss_mb": curve,
+                "growth_mb": round(curve[-1][1] - curve[1][1], 1),
+                "second_half_growth_mb": round(second_half_growth(curve), 1),
+                "warmup_growth_mb": round(curve[1][1] - curve[0][1], 1),
+            }
+            for name, curve in curves.items()
+        }
         results["soak"].update(texts=plan["soak_texts"], warmup_texts=warmup)
         for name, curve in curves.items():
-            log(f"soak {name}: {curve[0][1]:.0f} MB at start, {curve[1][1]:.0f} after the "
-                f"warm-up, {curve[-1][1]:.0f} at the end")
+            log(
+                f"soak {name}: {curve[0][1]:.0f} MB at start, {curve[1][1]:.0f} after the "
+                f"warm-up, {curve[-1][1]:.0f} at the end"
+            )
         if before_image:
             results["before_after"] = before_after(servers, texts, plan)
     finally:
@@ -438,18 +567,23 @@ def before_after(servers, texts, plan):
     """One-text requests at the limit's client count, and one at a time (p50), against
     each server in turn, repeated: {figure: {server: [one value per round]}}."""
     clients = plan["limit_clients"]
-    lone = texts[:plan["latency_texts"]]
-    out = {"single_docs_per_s": {k: [] for k in servers},
-           "single_p50_ms_at_1": {k: [] for k in servers}, "clients": clients}
+    lone = texts[: plan["latency_texts"]]
+    out = {
+        "single_docs_per_s": {k: [] for k in servers},
+        "single_p50_ms_at_1": {k: [] for k in servers},
+        "clients": clients,
+    }
     for _ in range(plan["before_after_rounds"]):
         for name, server in servers.items():
             reqs = requests_for(server.port, FORMS["single"][0](texts))
             r = load.run(server.port, reqs, clients)
             out["single_docs_per_s"][name].append(round(len(texts) / r.seconds, 1))
-            r = load.run(server.port, reqs[:len(lone)], 1)
+            r = load.run(server.port, reqs[: len(lone)], 1)
             out["single_p50_ms_at_1"][name].append(ms(r.latencies)["p50"])
-    log(f"before/after, one-text requests: {out['single_docs_per_s']} docs/s at {clients} "
-        f"clients; p50 at 1 client {out['single_p50_ms_at_1']} ms")
+    log(
+        f"before/after, one-text requests: {out['single_docs_per_s']} docs/s at {clients} "
+        f"clients; p50 at 1 client {out['single_p50_ms_at_1']} ms"
+    )
     return out
 
 
@@ -462,10 +596,11 @@ def measure_one_worker(start, texts, memory_n):
         memory_1 = server.memory()
     finally:
         server.stop()
-    return {"workers_1": memory_1,
-            "ratio_pss": round(memory_n["pss_mb"] / memory_1["pss_mb"], 3),
-            "measure": "sum of PSS over the server's processes, after traffic"}, \
-        round(server.cold_start_seconds, 3)
+    return {
+        "workers_1": memory_1,
+        "ratio_pss": round(memory_n["pss_mb"] / memory_1["pss_mb"], 3),
+        "measure": "sum of PSS over the server's processes, after traffic",
+    }, round(server.cold_start_seconds, 3)
 
 
 def measure_blog(start, texts, n, plan, expected, results):
@@ -477,7 +612,8 @@ def measure_blog(start, texts, n, plan, expected, results):
     try:
         warm(server, texts, n)
         results["blog_baseline"], _, results["correctness"]["blog"], _ = sweep(
-            server, "blog", texts, plan["blog_sweep"](n), expected, both)
+            server, "blog", texts, plan["blog_sweep"](n), expected, both
+        )
     finally:
         server.stop()
 
@@ -498,8 +634,9 @@ def measure_transform(kind, image, texts, n, plan, expected, results):
         files = transform.write_inputs(inputs, texts, file_bytes)
         records = sum(len(f) for f in files)
         for r in range(plan["transform_rounds"]):
-            pipe = measure_baseline(kind, image, texts, n, plan,
-                                    transform_bytes=file_bytes)["transform_pipe_n"]
+            pipe = measure_baseline(kind, image, texts, n, plan, transform_bytes=file_bytes)[
+                "transform_pipe_n"
+            ]
             row = {"pipe_n_docs_per_s": pipe["docs_per_s"], "jobs": {}}
             for name, job in TRANSFORM_JOBS.items():
                 output = Path(tmp) / f"output-{r}-{name}"
@@ -516,40 +653,70 @@ def measure_transform(kind, image, texts, n, plan, expected, results):
                 # mini-batch whole, in a time that grows with its square, while the
                 # container waits (transform_job.py times it).
                 serving_rate = records / (ran["inference_seconds"] - ran["batching_seconds"])
-                row["jobs"][name] = {"job": job, "status": ran["status"],
-                                     "max_payload_mb": ran["max_payload_mb"],
-                                     "seconds": round(ran["seconds"], 2),
-                                     "inference_seconds": round(ran["inference_seconds"], 2),
-                                     "batching_seconds": round(ran["batching_seconds"], 2),
-                                     "serving_ratio_pipe": round(
-                                         serving_rate / pipe["docs_per_s"], 3),
-                                     "records_per_s": round(rate, 1),
-                                     "ratio_pipe": round(rate / pipe["docs_per_s"], 3),
-                                     "job_records_per_s": round(job_rate, 1),
-                                     "job_ratio_pipe": round(job_rate / pipe["docs_per_s"], 3),
-                                     "check": check}
-                log(f"transform job {job}: {records} records in {ran['inference_seconds']:.1f}"
+                row["jobs"][name] = {
+                    "job": job,
+                    "status": ran["status"],
+                    "max_payload_mb": ran["max_payload_mb"],
+                    "seconds": round(ran["seconds"], 2),
+                    "inference_seconds": round(ran["inference_seconds"], 2),
+                    "batching_seconds": round(ran["batching_seconds"], 2),
+                    "serving_ratio_pipe": round(serving_rate / pipe["docs_per_s"], 3),
+                    "records_per_s": round(rate, 1),
+                    "ratio_pipe": round(rate / pipe["docs_per_s"], 3),
+                    "job_records_per_s": round(job_rate, 1),
+                    "job_ratio_pipe": round(job_rate / pipe["docs_per_s"], 3),
+                    "check": check,
+                }
+                log(
+                    f"transform job {job}: {records} records in {ran['inference_seconds']:.1f}"
                     f" s of inference ({ran['seconds']:.1f} s with the container's start and "
                     f"stop), {rate:.0f} records/s = {rate / pipe['docs_per_s']:.2f} of nlp.pipe "
                     f"on {n} processes ({pipe['docs_per_s']:.0f} docs/s); mini-batches of "
                     f"{ran['max_payload_mb']} MB, made by local mode in "
                     f"{ran['batching_seconds']:.1f} s; "
                     f"{check['error_lines']} error lines, {check['wrong_ids']} wrong ids, "
-                    f"{check['mismatches']} entity mismatches")
+                    f"{check['mismatches']} entity mismatches"
+                )
             rounds.append(row)
         sizes = transform.file_sizes_mb(inputs)
     results["transform"] = {
-        "measured": True, "records": records, "file_mb": sizes, "rounds": rounds,
-        **{name: {key: float(np.median([r["jobs"][name][key] for r in rounds]))
-                  for key in ("ratio_pipe", "records_per_s", "job_ratio_pipe",
-                              "job_records_per_s", "batching_seconds", "serving_ratio_pipe")}
-           for name in TRANSFORM_JOBS}}
+        "measured": True,
+        "records": records,
+        "file_mb": sizes,
+        "rounds": rounds,
+        **{
+            name: {
+                key: float(np.median([r["jobs"][name][key] for r in rounds]))
+                for key in (
+                    "ratio_pipe",
+                    "records_per_s",
+                    "job_ratio_pipe",
+                    "job_records_per_s",
+                    "batching_seconds",
+                    "serving_ratio_pipe",
+                )
+            }
+            for name in TRANSFORM_JOBS
+        },
+    }
     results["correctness"]["transform"] = {
-        "docs": records, "runs": len(rounds) * len(TRANSFORM_JOBS),
-        "mismatches": sum(j["check"]["error_lines"] + j["check"]["wrong_ids"]
-                          + j["check"]["mismatches"] for r in rounds for j in r["jobs"].values()),
-        "first": next((j["check"]["first"] for r in rounds for j in r["jobs"].values()
-                       if j["check"]["first"]), [])}
+        "docs": records,
+        "runs": len(rounds) * len(TRANSFORM_JOBS),
+        "mismatches": sum(
+            j["check"]["error_lines"] + j["check"]["wrong_ids"] + j["check"]["mismatches"]
+            for r in rounds
+            for j in r["jobs"].values()
+        ),
+        "first": next(
+            (
+                j["check"]["first"]
+                for r in rounds
+                for j in r["jobs"].values()
+                if j["check"]["first"]
+            ),
+            [],
+        ),
+    }
 
 
 def rules_only_entities(folder, texts):
@@ -557,8 +724,7 @@ def rules_only_entities(folder, texts):
     import spacy
 
     nlp = spacy.load(folder)
-    return [[[e.text, e.label_, e.start_char, e.end_char] for e in d.ents]
-            for d in nlp.pipe(texts)]
+    return [[[e.text, e.label_, e.start_char, e.end_char] for e in d.ents] for d in nlp.pipe(texts)]
 
 
 def measure_large_bodies(start, kind, texts, n, plan, results):
@@ -568,8 +734,10 @@ def measure_large_bodies(start, kind, texts, n, plan, results):
     answers 100 MB in minutes. Sampled from the container's cgroup (container_memory.py:
     anon is the goal's figure, the total with page cache is reported beside it)."""
     if kind != "image":
-        results["large_body"] = {"measured": False,
-                                 "why": "container memory is read from the image's cgroup"}
+        results["large_body"] = {
+            "measured": False,
+            "why": "container memory is read from the image's cgroup",
+        }
         return
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-large-") as tmp:
@@ -583,26 +751,38 @@ def measure_large_bodies(start, kind, texts, n, plan, results):
                 warm(server, texts, n)
                 answer, memory = container_memory.above_idle(
                     container_memory.cgroup_dir(server.id),
-                    functools.partial(large_body.send, server.port, path, records, texts, expected))
+                    functools.partial(large_body.send, server.port, path, records, texts, expected),
+                )
             finally:
                 server.stop()
             path.unlink()
-            row = {**answer, **memory,
-                   "anon_over_body": round(memory["peak_anon_above_idle_mb"]
-                                           / answer["body_mb"], 3)}
+            row = {
+                **answer,
+                **memory,
+                "anon_over_body": round(memory["peak_anon_above_idle_mb"] / answer["body_mb"], 3),
+            }
             rows.append(row)
-            log(f"large body {answer['body_mb']} MB ({records} records): "
+            log(
+                f"large body {answer['body_mb']} MB ({records} records): "
                 f"{answer['seconds']} s; peak above idle: anon "
                 f"{memory['peak_anon_above_idle_mb']} MB, total "
                 f"{memory['peak_total_above_idle_mb']} MB; {answer['wrong_lines']} wrong, "
-                f"{answer['error_lines']} error, {answer['missing_lines']} missing lines")
-    results["large_body"] = {"measured": True, "model": "rules-only pipeline (entity_ruler)",
-                             "env": LARGE_BODY_ENV, "bodies": rows}
+                f"{answer['error_lines']} error, {answer['missing_lines']} missing lines"
+            )
+    results["large_body"] = {
+        "measured": True,
+        "model": "rules-only pipeline (entity_ruler)",
+        "env": LARGE_BODY_ENV,
+        "bodies": rows,
+    }
     results["correctness"]["large_body"] = {
-        "docs": sum(r["records"] for r in rows), "runs": len(rows),
-        "mismatches": sum(r["wrong_lines"] + r["error_lines"] + abs(r["missing_lines"])
-                          for r in rows),
-        "first": next((r["first_wrong"] for r in rows if r["first_wrong"]), [])}
+        "docs": sum(r["records"] for r in rows),
+        "runs": len(rows),
+        "mismatches": sum(
+            r["wrong_lines"] + r["error_lines"] + abs(r["missing_lines"]) for r in rows
+        ),
+        "first": next((r["first_wrong"] for r in rows if r["first_wrong"]), []),
+    }
 
 
 def measure_long_documents(start, kind, image, texts, n, plan, results):
@@ -611,13 +791,18 @@ def measure_long_documents(start, kind, image, texts, n, plan, results):
     document, the second against each paragraph run alone. The references run first,
     in-process (inside the image for the image target), with their time and memory; then
     one server answers both, its container memory sampled during each."""
-    cases = [("whole", plan["long_document_chars"][0]),
-             ("paragraphs", plan["long_document_chars"][1])]
+    cases = [
+        ("whole", plan["long_document_chars"][0]),
+        ("paragraphs", plan["long_document_chars"][1]),
+    ]
     references = []
     for how, chars in cases:
         if kind == "image":
-            references.append(measure_baseline(kind, image, texts, n, plan,
-                                               long_document=(chars, how))["long_document"])
+            references.append(
+                measure_baseline(kind, image, texts, n, plan, long_document=(chars, how))[
+                    "long_document"
+                ]
+            )
         else:
             references.append(long_docs.reference(long_docs.document(chars, texts), how))
     rows = []
@@ -629,27 +814,39 @@ def measure_long_documents(start, kind, image, texts, n, plan, results):
             if kind == "image":
                 folder = container_memory.cgroup_dir(server.id)
                 (seconds, served), memory = container_memory.above_idle(
-                    folder, functools.partial(long_docs.post, server.port, doc))
+                    folder, functools.partial(long_docs.post, server.port, doc)
+                )
             else:
                 (seconds, served), memory = long_docs.post(server.port, doc), None
-            row = {"reference": how, "requested_chars": chars, "chars": len(doc),
-                   "paragraphs": len(long_docs.paragraphs(doc)),
-                   **long_docs.compare(doc, served, ref["entities"]),
-                   "served_seconds": round(seconds, 2), "served_memory": memory,
-                   "reference_seconds": ref["seconds"],
-                   "reference_peak_anon_above_start_mb": ref["peak_anon_above_start_mb"],
-                   "reference_max_rss_mb": ref["max_rss_mb"]}
+            row = {
+                "reference": how,
+                "requested_chars": chars,
+                "chars": len(doc),
+                "paragraphs": len(long_docs.paragraphs(doc)),
+                **long_docs.compare(doc, served, ref["entities"]),
+                "served_seconds": round(seconds, 2),
+                "served_memory": memory,
+                "reference_seconds": ref["seconds"],
+                "reference_peak_anon_above_start_mb": ref["peak_anon_above_start_mb"],
+                "reference_max_rss_mb": ref["max_rss_mb"],
+            }
             rows.append(row)
-            log(f"long document, {len(doc):,} characters against {how}: F1 {row['f1']}, "
+            log(
+                f"long document, {len(doc):,} characters against {how}: F1 {row['f1']}, "
                 f"{row['wrong_offsets']} wrong offsets; served {seconds:.1f} s"
-                + (f", peak anon above idle {memory['peak_anon_above_idle_mb']} MB"
-                   if memory else "")
-                + f"; in-process {ref['seconds']} s, +{ref['peak_anon_above_start_mb']} MB anon")
+                + (
+                    f", peak anon above idle {memory['peak_anon_above_idle_mb']} MB"
+                    if memory
+                    else ""
+                )
+                + f"; in-process {ref['seconds']} s, +{ref['peak_anon_above_start_mb']} MB anon"
+            )
     finally:
         server.stop()
-    results["long_documents"] = {"documents": rows,
-                                 "reference_where": "inside the image" if kind == "image"
-                                 else "in the benchmark's process"}
+    results["long_documents"] = {
+        "documents": rows,
+        "reference_where": "inside the image" if kind == "image" else "in the benchmark's process",
+    }
 
 
 def measure_mme(kind, image, texts, n, plan, expected, results):
@@ -669,18 +866,31 @@ def measure_mme(kind, image, texts, n, plan, expected, results):
         pipeline = Path(tmp) / "en"  # the image's default model, as an archive holds it
         name = Settings.from_env({}).default_model
         spacy.load(name).to_disk(pipeline)
-        found = mme.measure(image, pipeline, name, bodies, len(texts), plan["mme_models"],
-                            2 * n, plan["mme_rounds"],
-                            lambda answers: check_entities("batch", answers,
-                                                           expected)[0]["mismatches"])
+        found = mme.measure(
+            image,
+            pipeline,
+            name,
+            bodies,
+            len(texts),
+            plan["mme_models"],
+            2 * n,
+            plan["mme_rounds"],
+            lambda answers: check_entities("batch", answers, expected)[0]["mismatches"],
+        )
     results["mme"] = found
-    results["correctness"]["mme"] = {"docs": len(texts), "runs": found["runs"],
-                                     "mismatches": found["mismatches"], "first": []}
-    log(f"multi-model endpoint, {found['models']} models: loads {found['load_seconds']} s, "
+    results["correctness"]["mme"] = {
+        "docs": len(texts),
+        "runs": found["runs"],
+        "mismatches": found["mismatches"],
+        "first": [],
+    }
+    log(
+        f"multi-model endpoint, {found['models']} models: loads {found['load_seconds']} s, "
         f"anon {found['anon_mb_per_model']} MB each, "
         f"{found['after_unload_anon_above_idle_mb']} MB above idle after unloading them all; "
         f"docs/s to one model {found['one_docs_per_s']}, spread {found['spread_docs_per_s']}"
-        f" ({found['spread_over_one']}x); {found['mismatches']} entity mismatches")
+        f" ({found['spread_over_one']}x); {found['mismatches']} entity mismatches"
+    )
 
 
 def main():
@@ -698,24 +908,35 @@ def main():
     if args.before_image and not (kind == "image" and targets.image_exists(args.before_image)):
         log(f"--before-image {args.before_image} needs the image target and that image built")
         return 2
-    log(f"target {kind}{' ' + args.image if kind == 'image' else ''}, {n} workers, "
-        f"{'quick' if args.quick else 'full'} run")
+    log(
+        f"target {kind}{' ' + args.image if kind == 'image' else ''}, {n} workers, "
+        f"{'quick' if args.quick else 'full'} run"
+    )
 
     def start(workers, full_pipeline, model_dir=None, image=None, env=None):
-        log(f"starting the server{' ' + image if image else ''}: {workers} worker(s), "
+        log(
+            f"starting the server{' ' + image if image else ''}: {workers} worker(s), "
             f"{'full pipeline' if full_pipeline else 'NER components only'}"
-            f"{', model ' + str(model_dir) if model_dir else ''}{', ' + str(env) if env else ''}")
-        return targets.server(kind, workers, full_pipeline, image or args.image, args.publish,
-                              model_dir, env).start()
+            f"{', model ' + str(model_dir) if model_dir else ''}{', ' + str(env) if env else ''}"
+        )
+        return targets.server(
+            kind, workers, full_pipeline, image or args.image, args.publish, model_dir, env
+        ).start()
 
     texts = corpus.sentences(plan["sentences"])
-    results = {"meta": {"date": datetime.now(UTC).isoformat(timespec="seconds"),
-                        "quick": args.quick, "target": kind, "workers": n,
-                        "network": ("published port (docker-proxy)" if args.publish else
-                                    "host network") if kind == "image" else "loopback",
-                        "machine": machine(),
-                        "corpus": {"sentences": len(texts), "seed": corpus.SEED,
-                                   "batch_size": BATCH}}}
+    results = {
+        "meta": {
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "quick": args.quick,
+            "target": kind,
+            "workers": n,
+            "network": ("published port (docker-proxy)" if args.publish else "host network")
+            if kind == "image"
+            else "loopback",
+            "machine": machine(),
+            "corpus": {"sentences": len(texts), "seed": corpus.SEED, "batch_size": BATCH},
+        }
+    }
 
     # In-process first, before any server runs, so that it has the cores to itself.
     log(f"in-process baseline ({'in the image' if kind == 'image' else 'in this process'})")
@@ -724,10 +945,12 @@ def main():
     results["meta"]["versions"] = {"in_process": found["versions"]}
     results["baseline"], expected = found["baseline"], found["expected"]
     base = results["baseline"]
-    log(f"nlp.pipe: {base['pipe_1']['docs_per_s']:.0f} docs/s on 1 process, "
+    log(
+        f"nlp.pipe: {base['pipe_1']['docs_per_s']:.0f} docs/s on 1 process, "
         f"{base['pipe_n']['docs_per_s']:.0f} on {n}; nlp(text) one at a time: "
         f"{base['calls_n']['docs_per_s']:.0f} docs/s on {n}, p50 "
-        f"{base['nlp_call_latency_ms']['p50']} ms")
+        f"{base['nlp_call_latency_ms']['p50']} ms"
+    )
 
     def paired(port):
         return measure_baseline(kind, args.image, texts, n, plan, paired_port=port)["paired"]
@@ -760,8 +983,10 @@ def main():
         with open(out / "served-entities.jsonl", "w") as f:
             for text, ents in zip(texts, served, strict=True):
                 f.write(json.dumps({"text": text, "entities": ents}, ensure_ascii=False) + "\n")
-    log(f"done in {results['meta']['duration_s']} s; wrote {out}/results.json, results.md, "
-        "chart.png")
+    log(
+        f"done in {results['meta']['duration_s']} s; wrote {out}/results.json, results.md, "
+        "chart.png"
+    )
     bad = {k: v["mismatches"] for k, v in results["correctness"].items() if v["mismatches"]}
     if bad:
         log(f"served entities differ from nlp.pipe's: {bad}")

@@ -20,10 +20,12 @@ MB = 1e6
 def cgroup_dir(container_id):
     """The container's memory cgroup folder (v2 unified, or v1's memory controller), for
     Docker's cgroupfs and systemd drivers alike."""
-    for pattern in (f"/sys/fs/cgroup/memory/docker/{container_id}*",
-                    f"/sys/fs/cgroup/memory/system.slice/docker-{container_id}*.scope",
-                    f"/sys/fs/cgroup/system.slice/docker-{container_id}*.scope",
-                    f"/sys/fs/cgroup/docker/{container_id}*"):
+    for pattern in (
+        f"/sys/fs/cgroup/memory/docker/{container_id}*",
+        f"/sys/fs/cgroup/memory/system.slice/docker-{container_id}*.scope",
+        f"/sys/fs/cgroup/system.slice/docker-{container_id}*.scope",
+        f"/sys/fs/cgroup/docker/{container_id}*",
+    ):
         found = glob.glob(pattern)
         if found:
             return found[0]
@@ -97,5 +99,7 @@ def above_idle(folder, run):
         "peak_anon_above_idle_mb": round(peak["anon_mb"] - base["anon_mb"], 1),
         "peak_total_above_idle_mb": round(peak["total_mb"] - base["total_mb"], 1),
         "peak_file_above_idle_mb": round(peak["file_mb"] - base["file_mb"], 1),
-        "idle_anon_mb": round(base["anon_mb"], 1), "idle_total_mb": round(base["total_mb"], 1),
-        "samples": len(sampler.samples)}
+        "idle_anon_mb": round(base["anon_mb"], 1),
+        "idle_total_mb": round(base["total_mb"], 1),
+        "samples": len(sampler.samples),
+    }

@@ -10,27 +10,145 @@ import random
 
 SEED = 20240605
 
-FIRST = ["James", "Maria", "Wei", "Fatima", "Olivia", "Rahul", "Sofia", "Daniel", "Aiko",
-         "Carlos", "Emma", "Kwame", "Laura", "Hiroshi", "Anna", "Pedro", "Grace", "Omar",
-         "Elena", "Thomas", "Priya", "Lucas", "Chloe", "Ivan"]
-LAST = ["Smith", "Garcia", "Chen", "Khan", "Johnson", "Patel", "Rossi", "Miller", "Tanaka",
-        "Lopez", "Brown", "Mensah", "Schmidt", "Sato", "Kowalski", "Silva", "Wilson", "Haddad",
-        "Petrova", "Anderson", "Sharma", "Martin", "Dubois", "Novak"]
-COMPANIES = ["Apple", "Microsoft", "Google", "Amazon", "Siemens", "Toyota", "Samsung",
-             "Goldman Sachs", "Barclays", "Nestle", "Volkswagen", "IBM", "Intel", "Pfizer",
-             "Unilever", "Deutsche Bank", "Netflix", "Boeing", "Airbus", "Sony", "Shell",
-             "General Electric", "Morgan Stanley", "HSBC"]
-PLACES = ["London", "Paris", "Berlin", "New York", "Tokyo", "San Francisco", "Madrid",
-          "Toronto", "Sydney", "Mumbai", "Chicago", "Rome", "Seoul", "Boston", "Singapore",
-          "Brazil", "Germany", "Japan", "France", "Canada", "India", "China", "Texas",
-          "California"]
-MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August",
-          "September", "October", "November", "December"]
+FIRST = [
+    "James",
+    "Maria",
+    "Wei",
+    "Fatima",
+    "Olivia",
+    "Rahul",
+    "Sofia",
+    "Daniel",
+    "Aiko",
+    "Carlos",
+    "Emma",
+    "Kwame",
+    "Laura",
+    "Hiroshi",
+    "Anna",
+    "Pedro",
+    "Grace",
+    "Omar",
+    "Elena",
+    "Thomas",
+    "Priya",
+    "Lucas",
+    "Chloe",
+    "Ivan",
+]
+LAST = [
+    "Smith",
+    "Garcia",
+    "Chen",
+    "Khan",
+    "Johnson",
+    "Patel",
+    "Rossi",
+    "Miller",
+    "Tanaka",
+    "Lopez",
+    "Brown",
+    "Mensah",
+    "Schmidt",
+    "Sato",
+    "Kowalski",
+    "Silva",
+    "Wilson",
+    "Haddad",
+    "Petrova",
+    "Anderson",
+    "Sharma",
+    "Martin",
+    "Dubois",
+    "Novak",
+]
+COMPANIES = [
+    "Apple",
+    "Microsoft",
+    "Google",
+    "Amazon",
+    "Siemens",
+    "Toyota",
+    "Samsung",
+    "Goldman Sachs",
+    "Barclays",
+    "Nestle",
+    "Volkswagen",
+    "IBM",
+    "Intel",
+    "Pfizer",
+    "Unilever",
+    "Deutsche Bank",
+    "Netflix",
+    "Boeing",
+    "Airbus",
+    "Sony",
+    "Shell",
+    "General Electric",
+    "Morgan Stanley",
+    "HSBC",
+]
+PLACES = [
+    "London",
+    "Paris",
+    "Berlin",
+    "New York",
+    "Tokyo",
+    "San Francisco",
+    "Madrid",
+    "Toronto",
+    "Sydney",
+    "Mumbai",
+    "Chicago",
+    "Rome",
+    "Seoul",
+    "Boston",
+    "Singapore",
+    "Brazil",
+    "Germany",
+    "Japan",
+    "France",
+    "Canada",
+    "India",
+    "China",
+    "Texas",
+    "California",
+]
+MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
 WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday"]
-ROLES = ["chief executive", "finance chief", "spokeswoman", "spokesman", "chairman",
-         "head of research", "analyst", "economist"]
-SECTORS = ["cloud computing", "electric vehicles", "chip manufacturing", "online advertising",
-           "retail banking", "drug development", "streaming", "logistics"]
+ROLES = [
+    "chief executive",
+    "finance chief",
+    "spokeswoman",
+    "spokesman",
+    "chairman",
+    "head of research",
+    "analyst",
+    "economist",
+]
+SECTORS = [
+    "cloud computing",
+    "electric vehicles",
+    "chip manufacturing",
+    "online advertising",
+    "retail banking",
+    "drug development",
+    "streaming",
+    "logistics",
+]
 
 TEMPLATES = [
     "{company} said on {weekday} it would buy a {place} startup for {money}.",
@@ -66,11 +184,18 @@ def _fill(template, rng):
 
     company, company2 = rng.sample(COMPANIES, 2)
     values = {
-        "person": person(), "company": company, "company2": company2,
-        "place": rng.choice(PLACES), "money": money(), "weekday": rng.choice(WEEKDAYS),
-        "month": rng.choice(MONTHS), "year": rng.randint(1998, 2025),
-        "date": f"{rng.choice(MONTHS)} {rng.randint(1, 28)}", "role": rng.choice(ROLES),
-        "pct": f"{rng.randint(1, 40)} percent", "sector": rng.choice(SECTORS),
+        "person": person(),
+        "company": company,
+        "company2": company2,
+        "place": rng.choice(PLACES),
+        "money": money(),
+        "weekday": rng.choice(WEEKDAYS),
+        "month": rng.choice(MONTHS),
+        "year": rng.randint(1998, 2025),
+        "date": f"{rng.choice(MONTHS)} {rng.randint(1, 28)}",
+        "role": rng.choice(ROLES),
+        "pct": f"{rng.randint(1, 40)} percent",
+        "sector": rng.choice(SECTORS),
         "number": f"{rng.randint(2, 900):,}",
     }
     return template.format(**values)
@@ -94,16 +219,18 @@ def novel_texts(n, seed=SEED):
 
     def typo(w):
         i = rng.randrange(len(w))
-        return w[:i] + rng.choice(letters) + w[i + 1:]
+        return w[:i] + rng.choice(letters) + w[i + 1 :]
 
     out = []
     for i in range(n):
         name = f"{word(1).upper()}{word(rng.randint(4, 8))}"
         surname = f"{word(1).upper()}{word(rng.randint(5, 9))}"
         company = f"{word(1).upper()}{word(rng.randint(3, 7))}{rng.choice(['ex', 'ia', 'on'])}"
-        out.append(f"{name} {surname} {typo('ordered')} item {word(3).upper()}-{i:07d} from "
-                   f"{company} in {rng.choice(PLACES)} on {rng.choice(MONTHS)} "
-                   f"{rng.randint(1, 28)}, ref {word(6)}{rng.randint(100, 999)}.")
+        out.append(
+            f"{name} {surname} {typo('ordered')} item {word(3).upper()}-{i:07d} from "
+            f"{company} in {rng.choice(PLACES)} on {rng.choice(MONTHS)} "
+            f"{rng.randint(1, 28)}, ref {word(6)}{rng.randint(100, 999)}."
+        )
     return out
 
 

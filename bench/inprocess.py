@@ -13,8 +13,11 @@ import time
 from pathlib import Path
 
 # The server's own modules: from this checkout, or (BENCH_PROGRAM_DIR) from the image.
-sys.path.insert(0, os.environ.get("BENCH_PROGRAM_DIR") or
-                str(Path(__file__).resolve().parent.parent / "container" / "NER"))
+sys.path.insert(
+    0,
+    os.environ.get("BENCH_PROGRAM_DIR")
+    or str(Path(__file__).resolve().parent.parent / "container" / "NER"),
+)
 
 import pipeline  # noqa: E402
 from settings import Settings  # noqa: E402
@@ -49,8 +52,13 @@ def pipe_one_process(texts):
     cpu0, t0 = _cpu(), time.perf_counter()
     found = [entities(d) for d in _nlp.pipe(texts)]
     seconds, cpu = time.perf_counter() - t0, _cpu() - cpu0
-    return {"processes": 1, "docs": len(texts), "seconds": seconds,
-            "docs_per_s": len(texts) / seconds, "cpu_ms_per_doc": 1000 * cpu / len(texts)}, found
+    return {
+        "processes": 1,
+        "docs": len(texts),
+        "seconds": seconds,
+        "docs_per_s": len(texts) / seconds,
+        "cpu_ms_per_doc": 1000 * cpu / len(texts),
+    }, found
 
 
 def _pipe_chunk(chunk):
@@ -84,15 +92,20 @@ def pipe_processes(texts, processes, one_at_a_time=False, chunk=None, zone=False
     inside nlp.memory_zone(), as the server runs it.
     """
     chunk = chunk or max(16, min(_nlp.batch_size, math.ceil(len(texts) / (processes * 4))))
-    chunks = [texts[i:i + chunk] for i in range(0, len(texts), chunk)]
+    chunks = [texts[i : i + chunk] for i in range(0, len(texts), chunk)]
     with multiprocessing.get_context("fork").Pool(processes) as pool:
         pool.map(_warm, range(processes * 2), chunksize=1)
         t0 = time.perf_counter()
         work = _call_chunk if one_at_a_time else _zone_chunk if zone else _pipe_chunk
         found = [e for part in pool.imap(work, chunks, chunksize=1) for e in part]
         seconds = time.perf_counter() - t0
-    return {"processes": processes, "docs": len(texts), "seconds": seconds,
-            "docs_per_s": len(texts) / seconds, "chunk": chunk}, found
+    return {
+        "processes": processes,
+        "docs": len(texts),
+        "seconds": seconds,
+        "docs_per_s": len(texts) / seconds,
+        "chunk": chunk,
+    }, found
 
 
 def batch_latencies(texts, size):
@@ -100,7 +113,7 @@ def batch_latencies(texts, size):
     out = []
     for i in range(0, len(texts) - size + 1, size):
         t0 = time.perf_counter()
-        list(_nlp.pipe(texts[i:i + size]))
+        list(_nlp.pipe(texts[i : i + size]))
         out.append(time.perf_counter() - t0)
     return out
 
@@ -126,7 +139,9 @@ def call(text):
 def versions():
     import spacy
 
-    return {"python": sys.version.split()[0], "spacy": spacy.__version__,
-            "model": f"{_nlp.meta.get('lang')}_{_nlp.meta.get('name')}-"
-                     f"{_nlp.meta.get('version')}",
-            "components": ",".join(_nlp.pipe_names)}
+    return {
+        "python": sys.version.split()[0],
+        "spacy": spacy.__version__,
+        "model": f"{_nlp.meta.get('lang')}_{_nlp.meta.get('name')}-{_nlp.meta.get('version')}",
+        "components": ",".join(_nlp.pipe_names),
+    }

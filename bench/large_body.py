@@ -19,8 +19,10 @@ def write_body(path, nbytes, texts):
     size = i = 0
     with open(path, "wb") as f:
         while size < nbytes:
-            line = (json.dumps({"id": f"r{i}", "text": texts[i % len(texts)]},
-                               ensure_ascii=False) + "\n").encode("utf-8")
+            line = (
+                json.dumps({"id": f"r{i}", "text": texts[i % len(texts)]}, ensure_ascii=False)
+                + "\n"
+            ).encode("utf-8")
             f.write(line)
             size += len(line)
             i += 1
@@ -78,9 +80,11 @@ def send(port, path, records, texts, expected, timeout=3600):
         with open(path, "rb") as f:
             size = f.seek(0, 2)
             f.seek(0)
-            head = (f"POST /invocations HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
-                    "Content-Type: application/jsonlines\r\nAccept: application/jsonlines\r\n"
-                    f"Content-Length: {size}\r\nConnection: close\r\n\r\n")
+            head = (
+                f"POST /invocations HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+                "Content-Type: application/jsonlines\r\nAccept: application/jsonlines\r\n"
+                f"Content-Length: {size}\r\nConnection: close\r\n\r\n"
+            )
             t0 = time.perf_counter()
             sock.sendall(head.encode("ascii"))
             sock.sendfile(f)
@@ -100,9 +104,15 @@ def send(port, path, records, texts, expected, timeout=3600):
             counts["lines"] += 1
             if "error" in answer:
                 counts["errors"] += 1
-            elif (answer.get("id") != f"r{i}" or i >= records or
-                  [[e["text"], e["label"], e["start"], e["end"]]
-                   for e in answer.get("entities", [])] != expected[i % len(texts)]):
+            elif (
+                answer.get("id") != f"r{i}"
+                or i >= records
+                or [
+                    [e["text"], e["label"], e["start"], e["end"]]
+                    for e in answer.get("entities", [])
+                ]
+                != expected[i % len(texts)]
+            ):
                 counts["wrong"] += 1
             else:
                 return
@@ -125,10 +135,19 @@ def send(port, path, records, texts, expected, timeout=3600):
     finally:
         sock.close()
     if status != 200:
-        raise SystemExit(f"bench: a {size / 1e6:.0f} MB JSON Lines body got HTTP {status}: "
-                         f"{rest[:300]!r}")
-    return {"body_mb": round(size / 1e6, 1), "records": records, "answer_lines": lines,
-            "error_lines": errors, "wrong_lines": wrong, "missing_lines": records - lines,
-            "first_wrong": first, "answer_mb": round(answer_bytes / 1e6, 1),
-            "seconds": round(done - t0, 2), "send_seconds": round(sent - t0, 2),
-            "first_answer_byte_s": round((first_byte or done) - t0, 2)}
+        raise SystemExit(
+            f"bench: a {size / 1e6:.0f} MB JSON Lines body got HTTP {status}: {rest[:300]!r}"
+        )
+    return {
+        "body_mb": round(size / 1e6, 1),
+        "records": records,
+        "answer_lines": lines,
+        "error_lines": errors,
+        "wrong_lines": wrong,
+        "missing_lines": records - lines,
+        "first_wrong": first,
+        "answer_mb": round(answer_bytes / 1e6, 1),
+        "seconds": round(done - t0, 2),
+        "send_seconds": round(sent - t0, 2),
+        "first_answer_byte_s": round((first_byte or done) - t0, 2),
+    }

@@ -58,12 +58,12 @@ class Connection:
                 break
             buf += self._recv()
         head = buf[:end].lower()
-        rest = buf[end + 4:]
+        rest = buf[end + 4 :]
         start = head.find(b"\r\ncontent-length:")
         if start < 0:
             raise ProtocolError(f"response without Content-Length: {head[:200]!r}")
         stop = head.find(b"\r\n", start + 2)
-        length = int(head[start + 17:stop if stop >= 0 else None])
+        length = int(head[start + 17 : stop if stop >= 0 else None])
         while len(rest) < length:
             rest += self._recv()
         self.buf = rest[length:]
@@ -111,8 +111,9 @@ class PingSampler(threading.Thread):
         """(seconds, status) of the pings sent while every client of `run` had work."""
         if self.error:
             raise ProtocolError(f"/ping sampler failed: {self.error}")
-        return [(s, status) for t0, s, status in self.samples
-                if run.started <= t0 < run.full_load_until]
+        return [
+            (s, status) for t0, s, status in self.samples if run.started <= t0 < run.full_load_until
+        ]
 
 
 class Run:
@@ -189,6 +190,7 @@ def run(port, requests, concurrency, ping_sampler=None):
     bad = [s for s in result.statuses if s != 200]
     if bad:
         first = result.statuses.index(bad[0])
-        raise ProtocolError(f"{len(bad)} of {n} requests failed, e.g. HTTP {bad[0]}: "
-                            f"{result.bodies[first][:300]!r}")
+        raise ProtocolError(
+            f"{len(bad)} of {n} requests failed, e.g. HTTP {bad[0]}: {result.bodies[first][:300]!r}"
+        )
     return result

@@ -92,16 +92,19 @@ def reference(doc, how):
         found = []
         parts = paragraphs(doc)
         for (start, _), d in zip(parts, nlp.pipe(text for _, text in parts), strict=True):
-            found += [[start + e.start_char, start + e.end_char, e.label_, e.text]
-                      for e in d.ents]
+            found += [[start + e.start_char, start + e.end_char, e.label_, e.text] for e in d.ents]
     seconds = time.perf_counter() - t0
     stop.set()
     sampler.join()
     peak[0] = max(peak[0], _rss_anon_mb())
-    return {"reference": how, "chars": len(doc), "entities": found,
-            "seconds": round(seconds, 2),
-            "peak_anon_above_start_mb": round(peak[0] - before, 1),
-            "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1000, 1)}
+    return {
+        "reference": how,
+        "chars": len(doc),
+        "entities": found,
+        "seconds": round(seconds, 2),
+        "peak_anon_above_start_mb": round(peak[0] - before, 1),
+        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1000, 1),
+    }
 
 
 def post(port, doc, timeout=3600):
@@ -109,18 +112,25 @@ def post(port, doc, timeout=3600):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         t0 = time.perf_counter()
-        conn.request("POST", "/invocations", body=doc.encode("utf-8"),
-                     headers={"Content-Type": "text/plain", "Accept": "application/json"})
+        conn.request(
+            "POST",
+            "/invocations",
+            body=doc.encode("utf-8"),
+            headers={"Content-Type": "text/plain", "Accept": "application/json"},
+        )
         response = conn.getresponse()
         body = response.read()
         seconds = time.perf_counter() - t0
     finally:
         conn.close()
     if response.status != 200:
-        raise SystemExit(f"bench: a document of {len(doc):,} characters got HTTP "
-                         f"{response.status}: {body[:300]!r}")
-    return seconds, [[e["start"], e["end"], e["label"], e["text"]]
-                     for e in json.loads(body)["entities"]]
+        raise SystemExit(
+            f"bench: a document of {len(doc):,} characters got HTTP "
+            f"{response.status}: {body[:300]!r}"
+        )
+    return seconds, [
+        [e["start"], e["end"], e["label"], e["text"]] for e in json.loads(body)["entities"]
+    ]
 
 
 def compare(doc, served, expected):
@@ -132,7 +142,13 @@ def compare(doc, served, expected):
     precision = right / len(a) if a else float(not b)
     recall = right / len(b) if b else float(not a)
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    wrong = [e for e in served if doc[e[0]:e[1]] != e[3]]
-    return {"f1": round(f1, 4), "precision": round(precision, 4), "recall": round(recall, 4),
-            "served_entities": len(served), "reference_entities": len(expected),
-            "wrong_offsets": len(wrong), "first_wrong": wrong[:3]}
+    wrong = [e for e in served if doc[e[0] : e[1]] != e[3]]
+    return {
+        "f1": round(f1, 4),
+        "precision": round(precision, 4),
+        "recall": round(recall, 4),
+        "served_entities": len(served),
+        "reference_entities": len(expected),
+        "wrong_offsets": len(wrong),
+        "first_wrong": wrong[:3],
+    }

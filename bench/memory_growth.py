@@ -39,9 +39,21 @@ CELL_BYTES = 16  # preshed's Cell: a 64-bit key and a pointer
 
 
 class _Mallinfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
-        "uordblks", "fordblks", "keepcost")]
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
 
 
 libc = ctypes.CDLL("libc.so.6")
@@ -83,9 +95,12 @@ def tables(nlp):
 
 def sample(texts, nlp_tables):
     heap = libc.mallinfo2()
-    row = {"texts": texts, "rss_mb": rss_mb(),
-           "heap_in_use_mb": (heap.uordblks + heap.hblkhd) / 1e6,
-           "heap_free_kept_mb": heap.fordblks / 1e6}
+    row = {
+        "texts": texts,
+        "rss_mb": rss_mb(),
+        "heap_in_use_mb": (heap.uordblks + heap.hblkhd) / 1e6,
+        "heap_free_kept_mb": heap.fordblks / 1e6,
+    }
     for name, table in nlp_tables.items():
         row[f"{name}_live"] = sum(1 for _ in table.keys())
         row[f"{name}_filled"], row[f"{name}_cap"] = len(table), table.capacity
@@ -110,17 +125,24 @@ def main():
             if columns is None:
                 columns = list(row)
                 print("\t".join(columns), flush=True)
-            print("\t".join(f"{row[c]:.1f}" if isinstance(row[c], float) else str(row[c])
-                            for c in columns), flush=True)
+            print(
+                "\t".join(
+                    f"{row[c]:.1f}" if isinstance(row[c], float) else str(row[c]) for c in columns
+                ),
+                flush=True,
+            )
         if done < args.texts:
             with nlp.memory_zone():
-                for _ in nlp.pipe(novel[done:done + CALL_TEXTS]):
+                for _ in nlp.pipe(novel[done : done + CALL_TEXTS]):
                     pass
     kept = libc.mallinfo2().fordblks / 1e6
     before = rss_mb()
     libc.malloc_trim(0)
-    print(f"# {args.texts} texts in {time.monotonic() - started:.0f} s; malloc_trim(0): RSS "
-          f"{before:.1f} -> {rss_mb():.1f} MB (glibc held {kept:.1f} MB free)", flush=True)
+    print(
+        f"# {args.texts} texts in {time.monotonic() - started:.0f} s; malloc_trim(0): RSS "
+        f"{before:.1f} -> {rss_mb():.1f} MB (glibc held {kept:.1f} MB free)",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -47,8 +47,10 @@ def _timed(call, what):
 
 def spread(port, bodies, names):
     """The requests of `bodies` (in order), the i-th to names[i % len(names)]."""
-    return [load.http_request(port, "POST", f"/models/{names[i % len(names)]}/invoke", b)
-            for i, b in enumerate(bodies)]
+    return [
+        load.http_request(port, "POST", f"/models/{names[i % len(names)]}/invoke", b)
+        for i, b in enumerate(bodies)
+    ]
 
 
 def measure(image, pipeline, pipeline_name, bodies, docs, models, concurrency, rounds, check):
@@ -61,8 +63,9 @@ def measure(image, pipeline, pipeline_name, bodies, docs, models, concurrency, r
     with tempfile.TemporaryDirectory(prefix="bench-mme-") as tmp:
         store = write_store(tmp, pipeline, names)
         # The host's network, as the other servers the benchmark measures.
-        endpoint = MultiModelEndpoint(image, store, network="host",
-                                      env={"MODEL_SERVER_WORKERS_PER_MODEL": WORKERS_PER_MODEL})
+        endpoint = MultiModelEndpoint(
+            image, store, network="host", env={"MODEL_SERVER_WORKERS_PER_MODEL": WORKERS_PER_MODEL}
+        )
         try:
             endpoint.wait_ready()
             cgroup = container_memory.cgroup_dir(endpoint.id)
@@ -83,26 +86,37 @@ def measure(image, pipeline, pipeline_name, bodies, docs, models, concurrency, r
             timed = {"one": [], "spread": []}
             for _ in range(rounds):
                 for how, targets in (("one", names[:1]), ("spread", names)):
-                    r = load.run(endpoint.port, spread(endpoint.port, bodies, targets),
-                                 concurrency)
+                    r = load.run(endpoint.port, spread(endpoint.port, bodies, targets), concurrency)
                     timed[how].append(r.seconds)
                     mismatches += check(r.bodies)
-            unloads = [_timed(functools.partial(endpoint.unload, name), f"unloading {name}")
-                       for name in names]
+            unloads = [
+                _timed(functools.partial(endpoint.unload, name), f"unloading {name}")
+                for name in names
+            ]
             after = anon_mb()
         finally:
             endpoint.stop()
     one = [docs / s for s in timed["one"]]
     many = [docs / s for s in timed["spread"]]
-    return {"measured": True, "models": models, "pipeline": f"{pipeline_name} (copies)",
-            "workers_per_model": WORKERS_PER_MODEL, "concurrency": concurrency,
-            "rounds": rounds, "load_seconds": loads, "unload_seconds": unloads,
-            "anon_mb_per_model": held, "idle_anon_mb": round(idle, 1),
-            "loaded_anon_above_idle_mb": round(loaded - idle, 1),
-            "after_unload_anon_above_idle_mb": round(after - idle, 1),
-            "docs": docs, "runs": 1 + 2 * rounds,
-            "one_docs_per_s": [round(x, 1) for x in one],
-            "spread_docs_per_s": [round(x, 1) for x in many],
-            "spread_over_one": round(
-                statistics.median(m / o for m, o in zip(many, one, strict=True)), 3),
-            "mismatches": mismatches}
+    return {
+        "measured": True,
+        "models": models,
+        "pipeline": f"{pipeline_name} (copies)",
+        "workers_per_model": WORKERS_PER_MODEL,
+        "concurrency": concurrency,
+        "rounds": rounds,
+        "load_seconds": loads,
+        "unload_seconds": unloads,
+        "anon_mb_per_model": held,
+        "idle_anon_mb": round(idle, 1),
+        "loaded_anon_above_idle_mb": round(loaded - idle, 1),
+        "after_unload_anon_above_idle_mb": round(after - idle, 1),
+        "docs": docs,
+        "runs": 1 + 2 * rounds,
+        "one_docs_per_s": [round(x, 1) for x in one],
+        "spread_docs_per_s": [round(x, 1) for x in many],
+        "spread_over_one": round(
+            statistics.median(m / o for m, o in zip(many, one, strict=True)), 3
+        ),
+        "mismatches": mismatches,
+    }

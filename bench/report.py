@@ -22,8 +22,10 @@ def _best(rows):
 
 def _at(rows, clients):
     """The row measured at `clients` concurrent clients, or the busiest one measured."""
-    return next((row for row in rows if row["concurrency"] == clients),
-                max(rows, key=lambda row: row["concurrency"]))
+    return next(
+        (row for row in rows if row["concurrency"] == clients),
+        max(rows, key=lambda row: row["concurrency"]),
+    )
 
 
 def batch_ratio(r):
@@ -33,8 +35,11 @@ def batch_ratio(r):
     return goal["ratio_pipe"], (
         f"median of {len(goal['rounds'])} rounds alternating concurrency "
         f"{goal['concurrency']} with nlp.pipe on {r['meta']['workers']} processes: "
-        + ", ".join(f"{x['served_docs_per_s']:.0f} / {x['pipe_n_docs_per_s']:.0f}"
-                    for x in goal["rounds"]) + " docs/s")
+        + ", ".join(
+            f"{x['served_docs_per_s']:.0f} / {x['pipe_n_docs_per_s']:.0f}" for x in goal["rounds"]
+        )
+        + " docs/s"
+    )
 
 
 def goals(r):
@@ -47,58 +52,111 @@ def goals(r):
     soak = r["soak"]["after"]
     ratio, how = batch_ratio(r)
     out = [
-        (f"batch requests: served docs/s / in-process nlp.pipe on {n} processes",
-         ">= 0.9", ratio, lambda v: v >= 0.9,
-         f"{how}; the sweep's best, {batch['docs_per_s']:.0f} docs/s (concurrency "
-         f"{batch['concurrency']}), against nlp.pipe in batches of 64 on {n} processes: "
-         f"{batch['docs_per_s'] / base['pipe_n_batches_of_64']['docs_per_s']:.2f}, the same "
-         f"in memory zones as the server runs them: "
-         f"{batch['docs_per_s'] / base['pipe_n_batches_of_64_in_zones']['docs_per_s']:.2f}"),
-        (f"one-text requests, {limit['clients']} clients: served docs/s / the single-text limit",
-         ">= 0.8", limit["served_docs_per_s"] / limit["limit_docs_per_s"],
-         lambda v: v >= 0.8,
-         f"{limit['served_docs_per_s']:.0f} / {limit['limit_docs_per_s']:.0f} docs/s; limit = "
-         f"1 / (1/{limit['pipe_n_docs_per_s']:.0f} nlp.pipe + 1/"
-         f"{limit['http_path_docs_per_s']:.0f} HTTP path alone); medians of "
-         f"{len(limit['rounds']['served'])} alternating rounds"),
-        ("p50 latency overhead of one short text over nlp(text)", "<= 2 ms",
-         over["overhead_p50_ms"], lambda v: v <= 2.0,
-         f"served p50 {over['served_ms']['p50']} ms - nlp(text) p50 "
-         f"{over['in_process_ms']['p50']} ms, alternating, one at a time, "
-         f"{over['served_ms']['n']} texts"),
-        (f"soak: memory growth over {r['soak']['texts']:,} texts of novel words",
-         "<= 40 MB", soak["growth_mb"], lambda v: v <= 40,
-         f"summed PSS {soak['pss_mb'][1][1]:.0f} -> {soak['pss_mb'][-1][1]:.0f} MB after a "
-         f"warm-up of {r['soak']['warmup_texts']:,} texts ({soak['warmup_growth_mb']:+.0f} MB)"
-         + (f"; before: {r['soak']['before']['growth_mb']:+.0f} MB"
-            if "before" in r["soak"] else "")),
-        ("soak: memory growth over its second half", "<= 10 MB",
-         soak.get("second_half_growth_mb"), lambda v: v <= 10,
-         f"highest summed PSS after {_soak_middle(r):,} texts against the highest before"
-         + (f"; before: {r['soak']['before']['second_half_growth_mb']:+.0f} MB"
-            if "second_half_growth_mb" in r["soak"].get("before", {}) else "")),
-        ("/ping p99 with every worker busy", "<= 100 ms", r["ping_under_load_ms"]["p99"],
-         lambda v: v <= 100, f"{r['ping_under_load_ms']['n']} pings"),
-        ("cold start: start to first 200 from /ping", "<= 5 s",
-         r["cold_start_s"]["workers_n"], lambda v: v <= 5, f"{n} workers"),
-        (f"memory: {n} workers / 1 worker (summed PSS)", "<= 1.5",
-         r["memory"]["ratio_pss"], lambda v: v <= 1.5,
-         f"{r['memory'][f'workers_{n}']['pss_mb']:.0f} / "
-         f"{r['memory']['workers_1']['pss_mb']:.0f} MB"),
-        ("image size", "<= 450 MB", r["image"]["size_mb"] if r["image"] else None,
-         lambda v: v <= 450, r["image"]["name"] if r["image"] else "target is the host"),
+        (
+            f"batch requests: served docs/s / in-process nlp.pipe on {n} processes",
+            ">= 0.9",
+            ratio,
+            lambda v: v >= 0.9,
+            f"{how}; the sweep's best, {batch['docs_per_s']:.0f} docs/s (concurrency "
+            f"{batch['concurrency']}), against nlp.pipe in batches of 64 on {n} processes: "
+            f"{batch['docs_per_s'] / base['pipe_n_batches_of_64']['docs_per_s']:.2f}, the same "
+            f"in memory zones as the server runs them: "
+            f"{batch['docs_per_s'] / base['pipe_n_batches_of_64_in_zones']['docs_per_s']:.2f}",
+        ),
+        (
+            f"one-text requests, {limit['clients']} clients: served docs/s / the single-text limit",
+            ">= 0.8",
+            limit["served_docs_per_s"] / limit["limit_docs_per_s"],
+            lambda v: v >= 0.8,
+            f"{limit['served_docs_per_s']:.0f} / {limit['limit_docs_per_s']:.0f} docs/s; limit = "
+            f"1 / (1/{limit['pipe_n_docs_per_s']:.0f} nlp.pipe + 1/"
+            f"{limit['http_path_docs_per_s']:.0f} HTTP path alone); medians of "
+            f"{len(limit['rounds']['served'])} alternating rounds",
+        ),
+        (
+            "p50 latency overhead of one short text over nlp(text)",
+            "<= 2 ms",
+            over["overhead_p50_ms"],
+            lambda v: v <= 2.0,
+            f"served p50 {over['served_ms']['p50']} ms - nlp(text) p50 "
+            f"{over['in_process_ms']['p50']} ms, alternating, one at a time, "
+            f"{over['served_ms']['n']} texts",
+        ),
+        (
+            f"soak: memory growth over {r['soak']['texts']:,} texts of novel words",
+            "<= 40 MB",
+            soak["growth_mb"],
+            lambda v: v <= 40,
+            f"summed PSS {soak['pss_mb'][1][1]:.0f} -> {soak['pss_mb'][-1][1]:.0f} MB after a "
+            f"warm-up of {r['soak']['warmup_texts']:,} texts ({soak['warmup_growth_mb']:+.0f} MB)"
+            + (
+                f"; before: {r['soak']['before']['growth_mb']:+.0f} MB"
+                if "before" in r["soak"]
+                else ""
+            ),
+        ),
+        (
+            "soak: memory growth over its second half",
+            "<= 10 MB",
+            soak.get("second_half_growth_mb"),
+            lambda v: v <= 10,
+            f"highest summed PSS after {_soak_middle(r):,} texts against the highest before"
+            + (
+                f"; before: {r['soak']['before']['second_half_growth_mb']:+.0f} MB"
+                if "second_half_growth_mb" in r["soak"].get("before", {})
+                else ""
+            ),
+        ),
+        (
+            "/ping p99 with every worker busy",
+            "<= 100 ms",
+            r["ping_under_load_ms"]["p99"],
+            lambda v: v <= 100,
+            f"{r['ping_under_load_ms']['n']} pings",
+        ),
+        (
+            "cold start: start to first 200 from /ping",
+            "<= 5 s",
+            r["cold_start_s"]["workers_n"],
+            lambda v: v <= 5,
+            f"{n} workers",
+        ),
+        (
+            f"memory: {n} workers / 1 worker (summed PSS)",
+            "<= 1.5",
+            r["memory"]["ratio_pss"],
+            lambda v: v <= 1.5,
+            f"{r['memory'][f'workers_{n}']['pss_mb']:.0f} / "
+            f"{r['memory']['workers_1']['pss_mb']:.0f} MB",
+        ),
+        (
+            "image size",
+            "<= 450 MB",
+            r["image"]["size_mb"] if r["image"] else None,
+            lambda v: v <= 450,
+            r["image"]["name"] if r["image"] else "target is the host",
+        ),
     ]
     out += large_work_goals(r) + mme_goals(r)
-    return [{"goal": g, "target": t, "measured": None if v is None else round(v, 3),
-             "met": None if v is None else bool(ok(v)), "detail": d}
-            for g, t, v, ok, d in out]
+    return [
+        {
+            "goal": g,
+            "target": t,
+            "measured": None if v is None else round(v, 3),
+            "met": None if v is None else bool(ok(v)),
+            "detail": d,
+        }
+        for g, t, v, ok, d in out
+    ]
 
 
 # The 200 MB body may need this much more than the 100 MB one and still count as "no
 # larger": the allocator's arenas and nginx's buffers move by a few percent between runs.
 LARGE_BODY_TOLERANCE = 0.1
-TRANSFORM_JOB_NAMES = {"execution_parameters": "MaxPayloadInMB from /execution-parameters",
-                       "max_payload_6": "MaxPayloadInMB=6"}
+TRANSFORM_JOB_NAMES = {
+    "execution_parameters": "MaxPayloadInMB from /execution-parameters",
+    "max_payload_6": "MaxPayloadInMB=6",
+}
 TRANSFORM_GOAL_JOB = "execution_parameters"  # the notebook's settings
 
 
@@ -111,20 +169,26 @@ def _transform_goal(r):
     label = TRANSFORM_JOB_NAMES[name]
     if tr.get("measured"):
         ratios = [round(x["jobs"][name]["ratio_pipe"], 2) for x in tr["rounds"]]
-        detail = (f"{tr[name]['records_per_s']:.0f} records/s, {tr['records']:,} records "
-                  f"in 2 files of {'/'.join(f'{mb:g}' for mb in tr['file_mb'])} MB, from "
-                  "the first request to the last answer (TransformStartTime -> "
-                  f"TransformEndTime) / nlp.pipe on {n} processes over the same records; "
-                  f"median of {len(ratios)} alternating rounds "
-                  f"({', '.join(map(str, ratios))}); the whole job, with the container's "
-                  f"start and stop: {tr[name]['job_records_per_s']:.0f} records/s, "
-                  f"{tr[name]['job_ratio_pipe']:.2f}; local mode made the mini-batches "
-                  f"in {tr[name]['batching_seconds']:.1f} s of it")
+        detail = (
+            f"{tr[name]['records_per_s']:.0f} records/s, {tr['records']:,} records "
+            f"in 2 files of {'/'.join(f'{mb:g}' for mb in tr['file_mb'])} MB, from "
+            "the first request to the last answer (TransformStartTime -> "
+            f"TransformEndTime) / nlp.pipe on {n} processes over the same records; "
+            f"median of {len(ratios)} alternating rounds "
+            f"({', '.join(map(str, ratios))}); the whole job, with the container's "
+            f"start and stop: {tr[name]['job_records_per_s']:.0f} records/s, "
+            f"{tr[name]['job_ratio_pipe']:.2f}; local mode made the mini-batches "
+            f"in {tr[name]['batching_seconds']:.1f} s of it"
+        )
     else:
         detail = tr.get("why", "not measured")
-    return (f"transform job ({label}): records/s / in-process nlp.pipe on {n} processes",
-            ">= 0.9", tr[name]["ratio_pipe"] if tr.get("measured") else None,
-            lambda v: v >= 0.9, detail)
+    return (
+        f"transform job ({label}): records/s / in-process nlp.pipe on {n} processes",
+        ">= 0.9",
+        tr[name]["ratio_pipe"] if tr.get("measured") else None,
+        lambda v: v >= 0.9,
+        detail,
+    )
 
 
 def large_work_goals(r):
@@ -135,36 +199,66 @@ def large_work_goals(r):
     bodies = lb.get("bodies") if lb.get("measured") else None
     small, large = (bodies[0], bodies[-1]) if bodies else (None, None)
     why = lb.get("why", "not measured")
-    out.append((f"large body: peak container memory above idle / body, "
-                f"{small['body_mb']:g} MB JSON Lines" if small else
-                "large body: peak container memory above idle / body", "<= 1",
-                small["anon_over_body"] if small else None, lambda v: v <= 1.0,
-                f"anon {small['peak_anon_above_idle_mb']:.0f} MB (with page cache "
-                f"{small['peak_total_above_idle_mb']:.0f} MB); rules-only pipeline"
-                if small else why))
-    out.append((f"large body: peak above idle at {large['body_mb']:g} MB / at "
-                f"{small['body_mb']:g} MB" if large else
-                "large body: peak above idle at the larger body / the smaller",
-                f"<= {1 + LARGE_BODY_TOLERANCE:g}",
-                large["peak_anon_above_idle_mb"] / max(small["peak_anon_above_idle_mb"], 1)
-                if large else None, lambda v: v <= 1 + LARGE_BODY_TOLERANCE,
-                f"anon {large['peak_anon_above_idle_mb']:.0f} / "
-                f"{small['peak_anon_above_idle_mb']:.0f} MB (the smaller counted as at least "
-                f"1 MB); {LARGE_BODY_TOLERANCE:.0%} allowed for the allocator's noise"
-                if large else why))
+    out.append(
+        (
+            f"large body: peak container memory above idle / body, "
+            f"{small['body_mb']:g} MB JSON Lines"
+            if small
+            else "large body: peak container memory above idle / body",
+            "<= 1",
+            small["anon_over_body"] if small else None,
+            lambda v: v <= 1.0,
+            f"anon {small['peak_anon_above_idle_mb']:.0f} MB (with page cache "
+            f"{small['peak_total_above_idle_mb']:.0f} MB); rules-only pipeline"
+            if small
+            else why,
+        )
+    )
+    out.append(
+        (
+            f"large body: peak above idle at {large['body_mb']:g} MB / at {small['body_mb']:g} MB"
+            if large
+            else "large body: peak above idle at the larger body / the smaller",
+            f"<= {1 + LARGE_BODY_TOLERANCE:g}",
+            large["peak_anon_above_idle_mb"] / max(small["peak_anon_above_idle_mb"], 1)
+            if large
+            else None,
+            lambda v: v <= 1 + LARGE_BODY_TOLERANCE,
+            f"anon {large['peak_anon_above_idle_mb']:.0f} / "
+            f"{small['peak_anon_above_idle_mb']:.0f} MB (the smaller counted as at least "
+            f"1 MB); {LARGE_BODY_TOLERANCE:.0%} allowed for the allocator's noise"
+            if large
+            else why,
+        )
+    )
     for doc in r.get("long_documents", {}).get("documents", []):
-        against = ("the whole document in one nlp() call" if doc["reference"] == "whole"
-                   else "spaCy on each paragraph alone")
-        out.append((f"long document of {doc['chars']:,} characters: F1 against {against}",
-                    ">= 0.995", doc["f1"], lambda v: v >= 0.995,
-                    f"{doc['served_entities']:,} served / {doc['reference_entities']:,} "
-                    f"entities; precision {doc['precision']}, recall {doc['recall']}"))
+        against = (
+            "the whole document in one nlp() call"
+            if doc["reference"] == "whole"
+            else "spaCy on each paragraph alone"
+        )
+        out.append(
+            (
+                f"long document of {doc['chars']:,} characters: F1 against {against}",
+                ">= 0.995",
+                doc["f1"],
+                lambda v: v >= 0.995,
+                f"{doc['served_entities']:,} served / {doc['reference_entities']:,} "
+                f"entities; precision {doc['precision']}, recall {doc['recall']}",
+            )
+        )
     docs = r.get("long_documents", {}).get("documents", [])
     if docs:
-        out.append(("long documents: entities whose offsets do not give back their text",
-                    "0", sum(d["wrong_offsets"] for d in docs), lambda v: v == 0,
-                    f"text[start:end] == entity text, {sum(d['served_entities'] for d in docs):,}"
-                    " served entities"))
+        out.append(
+            (
+                "long documents: entities whose offsets do not give back their text",
+                "0",
+                sum(d["wrong_offsets"] for d in docs),
+                lambda v: v == 0,
+                f"text[start:end] == entity text, {sum(d['served_entities'] for d in docs):,}"
+                " served entities",
+            )
+        )
     return out
 
 
@@ -177,25 +271,40 @@ def mme_goals(r):
     """Issue 15's measured promise: an unload gives the model's memory back."""
     mm = r.get("mme", {})
     if not mm.get("measured"):
-        return [("multi-model: memory left after unloading every model / what they held",
-                 f"<= {MME_LEFT_AFTER_UNLOAD:g}", None, lambda v: True,
-                 mm.get("why", "not measured"))]
+        return [
+            (
+                "multi-model: memory left after unloading every model / what they held",
+                f"<= {MME_LEFT_AFTER_UNLOAD:g}",
+                None,
+                lambda v: True,
+                mm.get("why", "not measured"),
+            )
+        ]
     held = max(mm["loaded_anon_above_idle_mb"], 1)
-    return [("multi-model: memory left after unloading every model / what they held",
-             f"<= {MME_LEFT_AFTER_UNLOAD:g}", mm["after_unload_anon_above_idle_mb"] / held,
-             lambda v: v <= MME_LEFT_AFTER_UNLOAD,
-             f"container anon {mm['after_unload_anon_above_idle_mb']:+.0f} MB above idle "
-             f"after {mm['models']} DELETEs, of {mm['loaded_anon_above_idle_mb']:.0f} MB "
-             "held while loaded")]
+    return [
+        (
+            "multi-model: memory left after unloading every model / what they held",
+            f"<= {MME_LEFT_AFTER_UNLOAD:g}",
+            mm["after_unload_anon_above_idle_mb"] / held,
+            lambda v: v <= MME_LEFT_AFTER_UNLOAD,
+            f"container anon {mm['after_unload_anon_above_idle_mb']:+.0f} MB above idle "
+            f"after {mm['models']} DELETEs, of {mm['loaded_anon_above_idle_mb']:.0f} MB "
+            "held while loaded",
+        )
+    ]
 
 
 def mme_table(r):
     """A multi-model endpoint's figures: loads, memory per model and after unloading,
     traffic spread over several models against the same traffic to one."""
     mm = r.get("mme", {})
-    lines = [f"From the run of {r['meta']['date']} (`bench/results/results.json`), "
-             f"{r['meta']['machine']['cores']} cores.", "",
-             "| figure | measured | how |", "|---|---|---|"]
+    lines = [
+        f"From the run of {r['meta']['date']} (`bench/results/results.json`), "
+        f"{r['meta']['machine']['cores']} cores.",
+        "",
+        "| figure | measured | how |",
+        "|---|---|---|",
+    ]
     if not mm.get("measured"):
         return lines + [f"| multi-model endpoint | — | {mm.get('why', 'not measured')} |"]
     k = mm["models"]
@@ -230,8 +339,10 @@ def goals_table(r, prefix=""):
     lines = ["| goal | target | measured | | how |", "|---|---|---|---|---|"]
     for g in r["goals"]:
         if g["goal"].startswith(prefix):
-            lines.append(f"| {g['goal']} | {g['target']} | {_fmt(g['measured'])} | "
-                         f"{_met(g)} | {g['detail']} |")
+            lines.append(
+                f"| {g['goal']} | {g['target']} | {_fmt(g['measured'])} | "
+                f"{_met(g)} | {g['detail']} |"
+            )
     return lines
 
 
@@ -260,9 +371,13 @@ def before_after_table(r):
         f"| memory growth over {soak['texts']:,} texts of novel words, after a warm-up of "
         f"{soak['warmup_texts']:,} (summed PSS) | {soak['before']['growth_mb']:+.0f} MB | "
         f"{soak['after']['growth_mb']:+.0f} MB |",
-        "| memory growth over the second half (summed PSS) | " + " | ".join(
-            "—" if soak[k].get("second_half_growth_mb") is None
-            else f"{soak[k]['second_half_growth_mb']:+.0f} MB" for k in ("before", "after"))
+        "| memory growth over the second half (summed PSS) | "
+        + " | ".join(
+            "—"
+            if soak[k].get("second_half_growth_mb") is None
+            else f"{soak[k]['second_half_growth_mb']:+.0f} MB"
+            for k in ("before", "after")
+        )
         + " |",
         f"| memory growth during the warm-up | {soak['before']['warmup_growth_mb']:+.0f} MB | "
         f"{soak['after']['warmup_growth_mb']:+.0f} MB |",
@@ -272,24 +387,31 @@ def before_after_table(r):
 def large_work_table(r):
     """Transform jobs, large bodies and long documents: one table of the run's figures."""
     n = r["meta"]["workers"]
-    lines = [f"From the run of {r['meta']['date']} (`bench/results/results.json`), {n} "
-             f"workers on {r['meta']['machine']['cores']} cores.", "",
-             "| work | figure | measured as |", "|---|---|---|"]
+    lines = [
+        f"From the run of {r['meta']['date']} (`bench/results/results.json`), {n} "
+        f"workers on {r['meta']['machine']['cores']} cores.",
+        "",
+        "| work | figure | measured as |",
+        "|---|---|---|",
+    ]
     tr = r.get("transform", {})
     if tr.get("measured"):
         for name, label in TRANSFORM_JOB_NAMES.items():
             job = tr[name]
-            span = ("the whole job, with the container's start and stop: "
-                    f"{job['job_ratio_pipe']:.2f}; local mode spent "
-                    f"{job['batching_seconds']:.1f} s making mini-batches, while the server "
-                    f"waited: {job['serving_ratio_pipe']:.2f} without that")
+            span = (
+                "the whole job, with the container's start and stop: "
+                f"{job['job_ratio_pipe']:.2f}; local mode spent "
+                f"{job['batching_seconds']:.1f} s making mini-batches, while the server "
+                f"waited: {job['serving_ratio_pipe']:.2f} without that"
+            )
             lines.append(
                 f"| transform job, {label} | {job['records_per_s']:.0f} records/s, "
                 f"{job['ratio_pipe']:.2f} of nlp.pipe on {n} processes ({span})"
                 " | local-mode SDK "
                 f"`Transformer` over {tr['records']:,} records (2 files of "
                 f"{'/'.join(f'{mb:g}' for mb in tr['file_mb'])} MB); every output line "
-                "checked |")
+                "checked |"
+            )
     else:
         lines.append(f"| transform job | — | {tr.get('why', 'not measured')} |")
     lb = r.get("large_body", {})
@@ -302,23 +424,27 @@ def large_work_table(r):
                 f"{b['peak_total_above_idle_mb']:.0f} MB; answered in {b['seconds']:.0f} s | "
                 "the container's cgroup every 50 ms; rules-only pipeline (the request path's "
                 "memory does not depend on the model's speed); "
-                "SAGEMAKER_MAX_PAYLOAD_IN_MB=0, MODEL_SERVER_TIMEOUT=3600 |")
+                "SAGEMAKER_MAX_PAYLOAD_IN_MB=0, MODEL_SERVER_TIMEOUT=3600 |"
+            )
     else:
         lines.append(f"| large JSON Lines body | — | {lb.get('why', 'not measured')} |")
     for d in r.get("long_documents", {}).get("documents", []):
         mem = d["served_memory"]
-        against = ("one nlp() call on the whole document" if d["reference"] == "whole"
-                   else "spaCy on each paragraph alone")
+        against = (
+            "one nlp() call on the whole document"
+            if d["reference"] == "whole"
+            else "spaCy on each paragraph alone"
+        )
         lines.append(
             f"| text/plain document of {d['chars']:,} characters ({d['paragraphs']:,} "
             f"paragraphs) | F1 {d['f1']} against {against}, {d['wrong_offsets']} wrong "
             f"offsets; served in {d['served_seconds']:.1f} s"
-            + (f", peak anon above idle {mem['peak_anon_above_idle_mb']:.0f} MB"
-               if mem else "")
+            + (f", peak anon above idle {mem['peak_anon_above_idle_mb']:.0f} MB" if mem else "")
             + f"; in-process {d['reference_seconds']:.1f} s, +"
             f"{d['reference_peak_anon_above_start_mb']:.0f} MB anon | the real model, in "
             f"pieces across {n} workers; the reference in-process "
-            f"({r['long_documents']['reference_where']}, 1 process) |")
+            f"({r['long_documents']['reference_where']}, 1 process) |"
+        )
     return lines
 
 
@@ -332,8 +458,8 @@ def markdown(r):
     host, server = m["versions"]["in_process"], m["versions"]["server"]
     n = m["workers"]
     lines = [
-        "# Benchmark results" + (" (quick run: small corpus, not for comparison)"
-                                 if m["quick"] else ""),
+        "# Benchmark results"
+        + (" (quick run: small corpus, not for comparison)" if m["quick"] else ""),
         "",
         f"{m['date']}; target **{m['target']}**"
         + (f" ({r['image']['name']}, {r['image']['id']})" if r["image"] else "")
@@ -350,9 +476,12 @@ def markdown(r):
     # At the end the load average includes the benchmark's own load; at the start it is
     # everything else that was running.
     if mach["load_average_at_start"][0] >= 0.5:
-        lines += ["**The machine was busy with other work when this run started (1-minute "
-                  "load average 0.5 or more): the figures are noisy; rerun on a quiet "
-                  "machine to compare.**", ""]
+        lines += [
+            "**The machine was busy with other work when this run started (1-minute "
+            "load average 0.5 or more): the figures are noisy; rerun on a quiet "
+            "machine to compare.**",
+            "",
+        ]
     lines += [
         f"Server ({m['target']}, reached over {m['network']}): Python "
         f"{server.get('python', '?')}, spaCy {server.get('spacy', '?')}, gunicorn "
@@ -367,12 +496,27 @@ def markdown(r):
     if r.get("before_after"):
         lines += ["", "## Before and after", "", *before_after_table(r)]
     lines += ["", "## Scale: per instance and per million documents", "", *scale_table(r)]
-    lines += ["", "## Large work: transform jobs, large bodies, long documents", "",
-              *large_work_table(r)]
+    lines += [
+        "",
+        "## Large work: transform jobs, large bodies, long documents",
+        "",
+        *large_work_table(r),
+    ]
     lines += ["", "## Multi-model endpoint", "", *mme_table(r)]
-    lines += ["", "## In-process baseline (same model, same components)", "",
-              *baseline_section(r), "", "## Served", "", *served_section(r),
-              "", "## Other figures", "", *other_figures(r)]
+    lines += [
+        "",
+        "## In-process baseline (same model, same components)",
+        "",
+        *baseline_section(r),
+        "",
+        "## Served",
+        "",
+        *served_section(r),
+        "",
+        "## Other figures",
+        "",
+        *other_figures(r),
+    ]
     return "\n".join(lines)
 
 
@@ -417,16 +561,20 @@ def served_section(r):
         "| server CPU ms/doc | client CPU share |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, key in (("batch of 64 (`texts`)", "served_batch"), ("single (`text`)",
-                      "served_single"), ("blog: single `input`, full pipeline",
-                                         "blog_baseline")):
+    for name, key in (
+        ("batch of 64 (`texts`)", "served_batch"),
+        ("single (`text`)", "served_single"),
+        ("blog: single `input`, full pipeline", "blog_baseline"),
+    ):
         for row in r[key]:
             lat = row["latency_ms"]
             calls = f"{row['ratio_calls']:.2f}" if "ratio_calls" in row else "—"
-            lines.append(f"| {name} | {row['concurrency']} | {row['docs_per_s']:.0f} | "
-                         f"{row['ratio_pipe']:.2f} | {calls} | {lat['p50']} | {lat['p95']} | "
-                         f"{lat['p99']} | "
-                         f"{row['server_cpu_ms_per_doc']:.2f} | {row['client_cpu_share']:.0%} |")
+            lines.append(
+                f"| {name} | {row['concurrency']} | {row['docs_per_s']:.0f} | "
+                f"{row['ratio_pipe']:.2f} | {calls} | {lat['p50']} | {lat['p95']} | "
+                f"{lat['p99']} | "
+                f"{row['server_cpu_ms_per_doc']:.2f} | {row['client_cpu_share']:.0%} |"
+            )
     return lines
 
 
@@ -451,13 +599,20 @@ def other_figures(r):
         f"{r['single_text_limit']['http_path_docs_per_s']:.0f} requests/s, p50 "
         f"{r['single_text_limit']['http_path_latency_ms']['p50']} ms |",
         f"| soak: summed PSS every {soak_step(r)} texts of novel words (soak.png) | "
-        + "; ".join(f"{name}: " + " ".join(f"{mb:.0f}" for _, mb in curve["pss_mb"]) + " MB"
-                    for name, curve in _soak_curves(r)) + " |",
-        f"| image size | {r['image']['size_mb']} MB |" if r["image"] else
-        "| image size | not measured (host target) |",
+        + "; ".join(
+            f"{name}: " + " ".join(f"{mb:.0f}" for _, mb in curve["pss_mb"]) + " MB"
+            for name, curve in _soak_curves(r)
+        )
+        + " |",
+        f"| image size | {r['image']['size_mb']} MB |"
+        if r["image"]
+        else "| image size | not measured (host target) |",
         "| served entities equal to nlp.pipe's | "
-        + ", ".join(f"{k}: {v['docs']} texts x {v['runs']} runs, {v['mismatches']} mismatches"
-                    for k, v in corr.items()) + " |",
+        + ", ".join(
+            f"{k}: {v['docs']} texts x {v['runs']} runs, {v['mismatches']} mismatches"
+            for k, v in corr.items()
+        )
+        + " |",
         "",
         "MB = 10^6 bytes. PSS counts each shared page once, split between the processes that "
         "share it, so the sum is the server's real footprint.",
@@ -470,42 +625,89 @@ def _load(avg):
 
 
 def _mem(m):
-    return (f"{m['pss_mb']:.0f} / {m['uss_mb']:.0f} / {m['rss_mb']:.0f} MB, "
-            f"{m['processes']} processes")
+    return (
+        f"{m['pss_mb']:.0f} / {m['uss_mb']:.0f} / {m['rss_mb']:.0f} MB, {m['processes']} processes"
+    )
 
 
 def chart(r, path):
     n = r["meta"]["workers"]
     base = r["baseline"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 6), constrained_layout=True)
-    series = (("batch of 64", "served_batch", "tab:blue", "o"),
-              ("single text", "served_single", "tab:green", "s"),
-              ("blog: single, full pipeline", "blog_baseline", "tab:red", "^"))
+    series = (
+        ("batch of 64", "served_batch", "tab:blue", "o"),
+        ("single text", "served_single", "tab:green", "s"),
+        ("blog: single, full pipeline", "blog_baseline", "tab:red", "^"),
+    )
     for label, key, color, marker in series:
         xs = [row["concurrency"] for row in r[key]]
-        left.plot(xs, [row["docs_per_s"] for row in r[key]], marker=marker, color=color,
-                  label=f"served: {label}")
-    left.axhline(base["pipe_n"]["docs_per_s"], color="black", linestyle="--",
-                 label=f"in-process nlp.pipe, {n} processes")
-    left.axhline(base["calls_n"]["docs_per_s"], color="tab:green", linestyle="--", alpha=0.6,
-                 label=f"in-process nlp(text) one at a time, {n} processes")
-    left.axhline(base["pipe_1"]["docs_per_s"], color="grey", linestyle=":",
-                 label="in-process nlp.pipe, 1 process")
+        left.plot(
+            xs,
+            [row["docs_per_s"] for row in r[key]],
+            marker=marker,
+            color=color,
+            label=f"served: {label}",
+        )
+    left.axhline(
+        base["pipe_n"]["docs_per_s"],
+        color="black",
+        linestyle="--",
+        label=f"in-process nlp.pipe, {n} processes",
+    )
+    left.axhline(
+        base["calls_n"]["docs_per_s"],
+        color="tab:green",
+        linestyle="--",
+        alpha=0.6,
+        label=f"in-process nlp(text) one at a time, {n} processes",
+    )
+    left.axhline(
+        base["pipe_1"]["docs_per_s"],
+        color="grey",
+        linestyle=":",
+        label="in-process nlp.pipe, 1 process",
+    )
     left.set(title="Throughput", xlabel="concurrent requests", ylabel="docs/s", xscale="log")
     left.set_ylim(bottom=0)
     for label, key, color, marker in series[1:]:
         xs = [row["concurrency"] for row in r[key]]
-        right.plot(xs, [row["latency_ms"]["p50"] for row in r[key]], marker=marker,
-                   color=color, label=f"{label}: p50")
-        right.plot(xs, [row["latency_ms"]["p99"] for row in r[key]], marker=marker,
-                   color=color, linestyle="--", alpha=0.6, label=f"{label}: p99")
-    right.axhline(base["nlp_call_latency_ms"]["p50"], color="black", linestyle=":",
-                  label="in-process nlp(text): p50")
-    right.set(title="Latency of one-text requests", xlabel="concurrent requests",
-              ylabel="ms", xscale="log", yscale="log")
+        right.plot(
+            xs,
+            [row["latency_ms"]["p50"] for row in r[key]],
+            marker=marker,
+            color=color,
+            label=f"{label}: p50",
+        )
+        right.plot(
+            xs,
+            [row["latency_ms"]["p99"] for row in r[key]],
+            marker=marker,
+            color=color,
+            linestyle="--",
+            alpha=0.6,
+            label=f"{label}: p99",
+        )
+    right.axhline(
+        base["nlp_call_latency_ms"]["p50"],
+        color="black",
+        linestyle=":",
+        label="in-process nlp(text): p50",
+    )
+    right.set(
+        title="Latency of one-text requests",
+        xlabel="concurrent requests",
+        ylabel="ms",
+        xscale="log",
+        yscale="log",
+    )
     for ax in (left, right):
-        xs = sorted({row["concurrency"] for k in ("served_batch", "served_single",
-                                                  "blog_baseline") for row in r[k]})
+        xs = sorted(
+            {
+                row["concurrency"]
+                for k in ("served_batch", "served_single", "blog_baseline")
+                for row in r[k]
+            }
+        )
         ax.set_xticks(xs, [str(x) for x in xs])
         ax.xaxis.set_minor_locator(ticker.NullLocator())
         ax.grid(alpha=0.3)
@@ -516,9 +718,11 @@ def chart(r, path):
     right.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
     right.yaxis.set_minor_formatter(ticker.NullFormatter())
     m = r["meta"]
-    fig.suptitle(f"spaCy NER served ({m['target']}, {n} workers) vs in-process; "
-                 f"{m['machine']['cores']} cores shared with the load generator; {m['date'][:10]}",
-                 fontsize=10)
+    fig.suptitle(
+        f"spaCy NER served ({m['target']}, {n} workers) vs in-process; "
+        f"{m['machine']['cores']} cores shared with the load generator; {m['date'][:10]}",
+        fontsize=10,
+    )
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -537,8 +741,13 @@ def soak_step(r):
 
 
 def _soak_label(r, name):
-    return (f"before (`{r['before_after']['before_image']}`)" if name == "before"
-            else "after" if "before" in r["soak"] else "served")
+    return (
+        f"before (`{r['before_after']['before_image']}`)"
+        if name == "before"
+        else "after"
+        if "before" in r["soak"]
+        else "served"
+    )
 
 
 def _soak_landmarks(r, curve):
@@ -546,23 +755,24 @@ def _soak_landmarks(r, curve):
     points, middle = curve["pss_mb"], _soak_middle(r)
 
     def top(late):
-        texts, mb = max((p for p in points[1:] if (p[0] > middle) == late),
-                        key=lambda p: p[1])
+        texts, mb = max((p for p in points[1:] if (p[0] > middle) == late), key=lambda p: p[1])
         return f"{mb:.0f} MB at {texts:,} texts"
 
     low = min(points[1:], key=lambda p: p[1])
     second = curve.get("second_half_growth_mb")
-    return [("summed PSS before any novel text", f"{points[0][1]:.0f} MB"),
-            (f"after the warm-up of {r['soak']['warmup_texts']:,} texts",
-             f"{points[1][1]:.0f} MB"),
-            (f"highest of the first half (to {middle:,} texts)", top(False)),
-            ("highest of the second half", top(True)),
-            ("lowest after the warm-up",
-             f"{low[1]:.0f} MB at {low[0]:,} texts"),
-            (f"at the end ({points[-1][0]:,} texts)", f"{points[-1][1]:.0f} MB"),
-            ("growth: the end against after the warm-up", f"{curve['growth_mb']:+.0f} MB"),
-            ("growth over the second half: its highest against the first half's",
-             "—" if second is None else f"{second:+.0f} MB")]
+    return [
+        ("summed PSS before any novel text", f"{points[0][1]:.0f} MB"),
+        (f"after the warm-up of {r['soak']['warmup_texts']:,} texts", f"{points[1][1]:.0f} MB"),
+        (f"highest of the first half (to {middle:,} texts)", top(False)),
+        ("highest of the second half", top(True)),
+        ("lowest after the warm-up", f"{low[1]:.0f} MB at {low[0]:,} texts"),
+        (f"at the end ({points[-1][0]:,} texts)", f"{points[-1][1]:.0f} MB"),
+        ("growth: the end against after the warm-up", f"{curve['growth_mb']:+.0f} MB"),
+        (
+            "growth over the second half: its highest against the first half's",
+            "—" if second is None else f"{second:+.0f} MB",
+        ),
+    ]
 
 
 def soak_table(r):
@@ -570,34 +780,52 @@ def soak_table(r):
     (soak.png draws it whole) and the soak's goals, from one run."""
     soak, m = r["soak"], r["meta"]
     curves = _soak_curves(r)
-    lines = [f"From the run of {m['date']} (`bench/results/results.json`, `soak`; "
-             "[soak.png](results/soak.png)): "
-             f"{m['workers']} workers, {soak['texts']:,} texts of novel words after a warm-up "
-             f"of {soak['warmup_texts']:,}, summed PSS sampled every {soak_step(r)} texts.", "",
-             "| figure | " + " | ".join(_soak_label(r, name) for name, _ in curves) + " |",
-             "|---|" + "---|" * len(curves)]
+    lines = [
+        f"From the run of {m['date']} (`bench/results/results.json`, `soak`; "
+        "[soak.png](results/soak.png)): "
+        f"{m['workers']} workers, {soak['texts']:,} texts of novel words after a warm-up "
+        f"of {soak['warmup_texts']:,}, summed PSS sampled every {soak_step(r)} texts.",
+        "",
+        "| figure | " + " | ".join(_soak_label(r, name) for name, _ in curves) + " |",
+        "|---|" + "---|" * len(curves),
+    ]
     columns = [_soak_landmarks(r, curve) for _, curve in curves]
     for i, (figure, _) in enumerate(columns[0]):
         lines.append(f"| {figure} | " + " | ".join(col[i][1] for col in columns) + " |")
-    return lines + ["", "The soak's goals:", "",
-                    *goals_table(r, "soak:")]
+    return lines + ["", "The soak's goals:", "", *goals_table(r, "soak:")]
 
 
 def soak_chart(r, path):
     fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
     for name, curve in _soak_curves(r):
-        label = (f"before ({r['before_after']['before_image']})" if name == "before"
-                 else "after" if "before" in r["soak"] else "served")
+        label = (
+            f"before ({r['before_after']['before_image']})"
+            if name == "before"
+            else "after"
+            if "before" in r["soak"]
+            else "served"
+        )
         points = curve["pss_mb"]
-        ax.plot([x for x, _ in points], [mb for _, mb in points], marker="o", label=label,
-                color="tab:red" if name == "before" else "tab:blue")
-    ax.set(title=f"Server memory (summed PSS) while {r['soak']['texts']:,} texts of novel "
-           f"words arrive\n{r['meta']['workers']} workers; run of {r['meta']['date'][:16]}",
-           xlabel="texts sent", ylabel="MB")
-    ax.axvline(r["soak"]["warmup_texts"], color="grey", linestyle=":",
-               label="end of the warm-up; growth counts from here")
-    ax.axvline(_soak_middle(r), color="grey", linestyle="--",
-               label="second half: the plateau")
+        ax.plot(
+            [x for x, _ in points],
+            [mb for _, mb in points],
+            marker="o",
+            label=label,
+            color="tab:red" if name == "before" else "tab:blue",
+        )
+    ax.set(
+        title=f"Server memory (summed PSS) while {r['soak']['texts']:,} texts of novel "
+        f"words arrive\n{r['meta']['workers']} workers; run of {r['meta']['date'][:16]}",
+        xlabel="texts sent",
+        ylabel="MB",
+    )
+    ax.axvline(
+        r["soak"]["warmup_texts"],
+        color="grey",
+        linestyle=":",
+        label="end of the warm-up; growth counts from here",
+    )
+    ax.axvline(_soak_middle(r), color="grey", linestyle="--", label="second half: the plateau")
     ax.set_ylim(bottom=0)
     ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
     ax.grid(alpha=0.3)
@@ -644,35 +872,50 @@ def scale_figures(r):
 
     # Serverless bills each request's duration at its memory size, one text a request;
     # about 300 bytes in and out per request.
-    serverless = million * (lone["latency_ms"]["p50"] / 1000 * SERVERLESS_MEMORY_GB
-                            * SERVERLESS_PER_GB_SECOND + 600 / 1e9 * SERVERLESS_PER_GB_PROCESSED)
+    serverless = million * (
+        lone["latency_ms"]["p50"] / 1000 * SERVERLESS_MEMORY_GB * SERVERLESS_PER_GB_SECOND
+        + 600 / 1e9 * SERVERLESS_PER_GB_PROCESSED
+    )
     return [
-        ("real-time endpoint, one text per request from many clients",
-         single["docs_per_s"] * per_instance, instance_cost(single["docs_per_s"]),
-         f"one-text requests, {single['concurrency']} clients; an instance kept busy"),
-        ("batch transform, records packed into requests",
-         batch["docs_per_s"] * per_instance, instance_cost(batch["docs_per_s"]),
-         f"`texts` of 64, {batch['concurrency']} requests at a time; instance-hours only "
-         "while the job runs, plus a few minutes of start-up"),
-        ("serverless endpoint, one text per request",
-         None, serverless,
-         f"p50 {lone['latency_ms']['p50']} ms per request, one at a time, billed at "
-         f"{SERVERLESS_MEMORY_GB} GB"),
+        (
+            "real-time endpoint, one text per request from many clients",
+            single["docs_per_s"] * per_instance,
+            instance_cost(single["docs_per_s"]),
+            f"one-text requests, {single['concurrency']} clients; an instance kept busy",
+        ),
+        (
+            "batch transform, records packed into requests",
+            batch["docs_per_s"] * per_instance,
+            instance_cost(batch["docs_per_s"]),
+            f"`texts` of 64, {batch['concurrency']} requests at a time; instance-hours only "
+            "while the job runs, plus a few minutes of start-up",
+        ),
+        (
+            "serverless endpoint, one text per request",
+            None,
+            serverless,
+            f"p50 {lone['latency_ms']['p50']} ms per request, one at a time, billed at "
+            f"{SERVERLESS_MEMORY_GB} GB",
+        ),
     ]
 
 
 def scale_table(r):
     m = r["meta"]
-    lines = [f"From the run of {m['date']} (`bench/results/results.json`): {m['workers']} "
-             f"workers on {m['machine']['cores']} cores ({m['machine']['cpu']}), scaled to "
-             f"ml.m5.large's {ML_M5_LARGE_VCPUS} vCPUs; approximate us-east-1 on-demand prices "
-             f"(ml.m5.large about ${ML_M5_LARGE_PER_HOUR}/hour; serverless "
-             f"${SERVERLESS_PER_GB_SECOND:.5f} per GB-second), so check the pricing page.",
-             "", "| mode | docs/s per instance | cost of 1,000,000 documents | measured as |",
-             "|---|---|---|---|"]
+    lines = [
+        f"From the run of {m['date']} (`bench/results/results.json`): {m['workers']} "
+        f"workers on {m['machine']['cores']} cores ({m['machine']['cpu']}), scaled to "
+        f"ml.m5.large's {ML_M5_LARGE_VCPUS} vCPUs; approximate us-east-1 on-demand prices "
+        f"(ml.m5.large about ${ML_M5_LARGE_PER_HOUR}/hour; serverless "
+        f"${SERVERLESS_PER_GB_SECOND:.5f} per GB-second), so check the pricing page.",
+        "",
+        "| mode | docs/s per instance | cost of 1,000,000 documents | measured as |",
+        "|---|---|---|---|",
+    ]
     for mode, rate, cost, how in scale_figures(r):
-        lines.append(f"| {mode} | {'—' if rate is None else f'{rate:.0f}'} | about "
-                     f"${cost:.2f} | {how} |")
+        lines.append(
+            f"| {mode} | {'—' if rate is None else f'{rate:.0f}'} | about ${cost:.2f} | {how} |"
+        )
     return lines
 
 
@@ -682,44 +925,79 @@ def _headline_rows(r):
     m, n = r["meta"], r["meta"]["workers"]
     batch, limit = _best(r["served_batch"]), r["single_text_limit"]
     ping = r["ping_under_load_ms"]
-    rows = [(f"batch requests (`texts` of {m['corpus']['batch_size']})",
-             f"{batch['docs_per_s']:.0f} docs/s, {batch_ratio(r)[0]:.2f} of in-process "
-             f"`nlp.pipe` on {n} processes (measured alternately)", ("batch requests:",)),
-            (f"one-text requests from {limit['clients']} clients",
-             f"{limit['served_docs_per_s']:.0f} docs/s, "
-             f"{limit['served_docs_per_s'] / limit['limit_docs_per_s']:.2f} of the single-text "
-             "limit (the model's `nlp.pipe` cost plus the HTTP path's alone)",
-             ("one-text requests",)),
-            ("`/ping` with every worker busy", f"p99 {ping['p99']} ms over {ping['n']:,} "
-             f"pings, {ping['non_200']} not 200", ("/ping",)),
-            _headline_soak(r)]
+    rows = [
+        (
+            f"batch requests (`texts` of {m['corpus']['batch_size']})",
+            f"{batch['docs_per_s']:.0f} docs/s, {batch_ratio(r)[0]:.2f} of in-process "
+            f"`nlp.pipe` on {n} processes (measured alternately)",
+            ("batch requests:",),
+        ),
+        (
+            f"one-text requests from {limit['clients']} clients",
+            f"{limit['served_docs_per_s']:.0f} docs/s, "
+            f"{limit['served_docs_per_s'] / limit['limit_docs_per_s']:.2f} of the single-text "
+            "limit (the model's `nlp.pipe` cost plus the HTTP path's alone)",
+            ("one-text requests",),
+        ),
+        (
+            "`/ping` with every worker busy",
+            f"p99 {ping['p99']} ms over {ping['n']:,} pings, {ping['non_200']} not 200",
+            ("/ping",),
+        ),
+        _headline_soak(r),
+    ]
     lb = r.get("large_body", {})
     if lb.get("measured"):
         bodies = lb["bodies"]
         sizes = " and of ".join(f"{b['body_mb']:g}" for b in bodies)
-        rows.append((f"a JSON Lines body of {sizes} MB",
-                     "peak memory above idle " + " and ".join(
-                         f"{b['peak_anon_above_idle_mb']:.0f} MB anon "
-                         f"({b['anon_over_body']:.2f}x the body)" for b in bodies),
-                     ("large body:",)))
+        rows.append(
+            (
+                f"a JSON Lines body of {sizes} MB",
+                "peak memory above idle "
+                + " and ".join(
+                    f"{b['peak_anon_above_idle_mb']:.0f} MB anon "
+                    f"({b['anon_over_body']:.2f}x the body)"
+                    for b in bodies
+                ),
+                ("large body:",),
+            )
+        )
     docs = r.get("long_documents", {}).get("documents", [])
     if docs:
-        against = " and ".join("the whole document in one call" if d["reference"] == "whole"
-                               else "each paragraph alone" for d in docs)
+        against = " and ".join(
+            "the whole document in one call"
+            if d["reference"] == "whole"
+            else "each paragraph alone"
+            for d in docs
+        )
         sizes = " and ".join(f"{d['chars']:,}" for d in docs)
         f1 = " and ".join(str(d["f1"]) for d in docs)
-        rows.append((f"long documents of {sizes} characters", f"F1 {f1} against spaCy on "
-                     f"{against}, {sum(d['wrong_offsets'] for d in docs)} wrong offsets",
-                     ("long document",)))
+        rows.append(
+            (
+                f"long documents of {sizes} characters",
+                f"F1 {f1} against spaCy on "
+                f"{against}, {sum(d['wrong_offsets'] for d in docs)} wrong offsets",
+                ("long document",),
+            )
+        )
     mm = r.get("mme", {})
     if mm.get("measured"):
-        rows.append((f"a multi-model endpoint of {mm['models']} English pipelines",
-                     f"{statistics.median(mm['load_seconds']):.1f} s to load a model, "
-                     f"{statistics.median(mm['anon_mb_per_model']):.0f} MB each, "
-                     f"{mm['after_unload_anon_above_idle_mb']:+.0f} MB once all are unloaded",
-                     ("multi-model:",)))
-    rows.append(("image size", f"{r['image']['size_mb']:.0f} MB" if r["image"] else
-                 "not measured (host target)", ("image size",)))
+        rows.append(
+            (
+                f"a multi-model endpoint of {mm['models']} English pipelines",
+                f"{statistics.median(mm['load_seconds']):.1f} s to load a model, "
+                f"{statistics.median(mm['anon_mb_per_model']):.0f} MB each, "
+                f"{mm['after_unload_anon_above_idle_mb']:+.0f} MB once all are unloaded",
+                ("multi-model:",),
+            )
+        )
+    rows.append(
+        (
+            "image size",
+            f"{r['image']['size_mb']:.0f} MB" if r["image"] else "not measured (host target)",
+            ("image size",),
+        )
+    )
     return rows
 
 
@@ -727,15 +1005,23 @@ def _headline_soak(r):
     soak = r["soak"]
     after = soak["after"]
     second = after.get("second_half_growth_mb")
-    return (f"memory over {soak['texts']:,} texts of novel words",
-            f"{after['growth_mb']:+.0f} MB (summed PSS, after a warm-up of "
-            f"{soak['warmup_texts']:,} texts)"
-            + ("" if second is None else
-               f"; the top of its second half {second:+.0f} MB over the first half's")
-            + (f"; the earlier image `{r['before_after']['before_image']}`: "
-               f"{soak['before']['growth_mb']:+.0f} MB"
-               if "before" in soak and r.get("before_after") else ""),
-            ("soak:",))
+    return (
+        f"memory over {soak['texts']:,} texts of novel words",
+        f"{after['growth_mb']:+.0f} MB (summed PSS, after a warm-up of "
+        f"{soak['warmup_texts']:,} texts)"
+        + (
+            ""
+            if second is None
+            else f"; the top of its second half {second:+.0f} MB over the first half's"
+        )
+        + (
+            f"; the earlier image `{r['before_after']['before_image']}`: "
+            f"{soak['before']['growth_mb']:+.0f} MB"
+            if "before" in soak and r.get("before_after")
+            else ""
+        ),
+        ("soak:",),
+    )
 
 
 def _goal_cell(r, prefixes):
@@ -747,19 +1033,27 @@ def _goal_cell(r, prefixes):
         return "not measured"
     if not missed:
         return "met" if met == 1 else f"all {met} met"
-    return "; ".join(f"**missed**: {g['goal']}, {_fmt(g['measured'])} against {g['target']}"
-                     for g in missed) + (f"; {met} other met" if met else "")
+    return "; ".join(
+        f"**missed**: {g['goal']}, {_fmt(g['measured'])} against {g['target']}" for g in missed
+    ) + (f"; {met} other met" if met else "")
 
 
 def headline_table(r):
     """README.md's few figures of the run, each with whether its goals were met, and every
     goal the run missed named below, the ones no row speaks for too."""
     m, mach = r["meta"], r["meta"]["machine"]
-    lines = [f"From the run of {m['date']} (`bench/results/results.json`): {mach['cpu']}, "
-             f"{mach['cores']} cores shared with the load generator; target {m['target']}, "
-             f"{m['workers']} workers.", "", "| what | measured | goal |", "|---|---|---|"]
-    lines += [f"| {what} | {measured} | {_goal_cell(r, prefixes)} |"
-              for what, measured, prefixes in _headline_rows(r)]
+    lines = [
+        f"From the run of {m['date']} (`bench/results/results.json`): {mach['cpu']}, "
+        f"{mach['cores']} cores shared with the load generator; target {m['target']}, "
+        f"{m['workers']} workers.",
+        "",
+        "| what | measured | goal |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {what} | {measured} | {_goal_cell(r, prefixes)} |"
+        for what, measured, prefixes in _headline_rows(r)
+    ]
     return lines + ["", goals_summary(r)]
 
 
@@ -769,22 +1063,28 @@ def goals_summary(r):
     unmeasured = [g for g in r["goals"] if g["met"] is None]
     measured = len(r["goals"]) - len(unmeasured)
     if missed:
-        text = (f"**Missed in this run ({len(missed)} of the {measured} goals measured):** "
-                + "; ".join(f"{g['goal']}, {_fmt(g['measured'])} against {g['target']}"
-                            for g in missed) + ".")
+        text = (
+            f"**Missed in this run ({len(missed)} of the {measured} goals measured):** "
+            + "; ".join(f"{g['goal']}, {_fmt(g['measured'])} against {g['target']}" for g in missed)
+            + "."
+        )
     else:
         text = f"Every one of the {measured} goals measured was met."
     if unmeasured:
         text += " Not measured: " + "; ".join(g["goal"] for g in unmeasured) + "."
-    return (text + " Every goal, its target and how it is measured: "
-            "[docs/performance.md](docs/performance.md#goals).")
+    return (
+        text + " Every goal, its target and how it is measured: "
+        "[docs/performance.md](docs/performance.md#goals)."
+    )
 
 
 def goals_header(r):
     m, mach = r["meta"], r["meta"]["machine"]
-    return (f"From the run of {m['date']} (`bench/results/results.json`), on {mach['cpu']}, "
-            f"{mach['cores']} cores, {mach['memory_gb']} GiB; target {m['target']}, "
-            f"{m['workers']} workers; the load generator shares the server's cores.")
+    return (
+        f"From the run of {m['date']} (`bench/results/results.json`), on {mach['cpu']}, "
+        f"{mach['cores']} cores, {mach['memory_gb']} GiB; target {m['target']}, "
+        f"{m['workers']} workers; the load generator shares the server's cores."
+    )
 
 
 # Where a full run writes its tables: marker name -> the file, relative to the repository
@@ -803,13 +1103,15 @@ READMES = {
 
 def readme_tables(r):
     """{marker name: the text between its markers}, one for each of READMES."""
-    return {"headline": "\n".join(headline_table(r)),
-            "goals": "\n".join([goals_header(r), "", *goals_table(r)]),
-            "scale": "\n".join(scale_table(r)),
-            "large-work": "\n".join(large_work_table(r)),
-            "mme": "\n".join(mme_table(r)),
-            "results": markdown(r),
-            "soak": "\n".join(soak_table(r))}
+    return {
+        "headline": "\n".join(headline_table(r)),
+        "goals": "\n".join([goals_header(r), "", *goals_table(r)]),
+        "scale": "\n".join(scale_table(r)),
+        "large-work": "\n".join(large_work_table(r)),
+        "mme": "\n".join(mme_table(r)),
+        "results": markdown(r),
+        "soak": "\n".join(soak_table(r)),
+    }
 
 
 def update_readmes(r, root):
@@ -831,9 +1133,15 @@ def write(r, out, readmes_root=None):
 if __name__ == "__main__":  # the report step alone: python bench/report.py [results.json]
     import sys
 
-    source = Path(sys.argv[1] if len(sys.argv) > 1 else
-                  Path(__file__).resolve().parent / "results" / "results.json")
+    source = Path(
+        sys.argv[1]
+        if len(sys.argv) > 1
+        else Path(__file__).resolve().parent / "results" / "results.json"
+    )
     results = json.loads(source.read_text())
     results["goals"] = goals(results)
-    write(results, source.parent,
-          readmes_root=None if results["meta"]["quick"] else Path(__file__).resolve().parent.parent)
+    write(
+        results,
+        source.parent,
+        readmes_root=None if results["meta"]["quick"] else Path(__file__).resolve().parent.parent,
+    )

@@ -44,9 +44,11 @@ class Server:
         self.cold_start_seconds = None
 
     def env(self):
-        return {"MODEL_SERVER_WORKERS": str(self.workers),
-                "SPACY_FULL_PIPELINE": "true" if self.full_pipeline else "false",
-                **self.extra_env}
+        return {
+            "MODEL_SERVER_WORKERS": str(self.workers),
+            "SPACY_FULL_PIPELINE": "true" if self.full_pipeline else "false",
+            **self.extra_env,
+        }
 
     def processes(self):
         raise NotImplementedError
@@ -71,8 +73,12 @@ class Server:
                 continue
             pss, uss, rss, counted = pss + m.pss, uss + m.uss, rss + m.rss, counted + 1
         mb = 1e6
-        return {"pss_mb": round(pss / mb, 1), "uss_mb": round(uss / mb, 1),
-                "rss_mb": round(rss / mb, 1), "processes": counted}
+        return {
+            "pss_mb": round(pss / mb, 1),
+            "uss_mb": round(uss / mb, 1),
+            "rss_mb": round(rss / mb, 1),
+            "processes": counted,
+        }
 
 
 class HostServer(Server):
@@ -99,9 +105,13 @@ class HostServer(Server):
 
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         out = subprocess.run([nginx, "-v"], capture_output=True, text=True).stderr.strip()
-        return {"python": sys.version.split()[0], "spacy": spacy.__version__,
-                "gunicorn": version("gunicorn"), "flask": version("flask"),
-                "nginx": out.split("/")[-1]}
+        return {
+            "python": sys.version.split()[0],
+            "spacy": spacy.__version__,
+            "gunicorn": version("gunicorn"),
+            "flask": version("flask"),
+            "nginx": out.split("/")[-1],
+        }
 
     def stop(self):
         self.process.stop()
@@ -121,8 +131,13 @@ class ImageServer(Server):
         volumes = ["-v", f"{self.model_dir}:/opt/ml/model:ro"] if self.model_dir else []
         started = time.perf_counter()
         # `serve` as the command, as SageMaker runs it.
-        self.container = Container(self.image, volumes, ("serve",), env=self.env(),
-                                   network="publish" if self.publish else "host")
+        self.container = Container(
+            self.image,
+            volumes,
+            ("serve",),
+            env=self.env(),
+            network="publish" if self.publish else "host",
+        )
         try:
             self.container.wait_ready(timeout)
         except ServerError:
@@ -135,8 +150,9 @@ class ImageServer(Server):
     def processes(self):
         # `docker top` lists the container's processes by their PIDs on this host, where
         # psutil can read their memory maps and CPU times.
-        out = subprocess.run(["docker", "top", self.id, "-eo", "pid"], capture_output=True,
-                             text=True, check=True)
+        out = subprocess.run(
+            ["docker", "top", self.id, "-eo", "pid"], capture_output=True, text=True, check=True
+        )
         pids = [int(line) for line in out.stdout.split()[1:] if line.strip().isdigit()]
         found = []
         for pid in pids:
@@ -147,14 +163,18 @@ class ImageServer(Server):
         return found
 
     def versions(self):
-        script = ("import json, spacy, gunicorn, flask, sys; print(json.dumps({'python': "
-                  "sys.version.split()[0], 'spacy': spacy.__version__, 'gunicorn': "
-                  "gunicorn.__version__, 'flask': flask.__version__}))")
-        out = subprocess.run(["docker", "exec", self.id, "python", "-c", script],
-                             capture_output=True, text=True)
+        script = (
+            "import json, spacy, gunicorn, flask, sys; print(json.dumps({'python': "
+            "sys.version.split()[0], 'spacy': spacy.__version__, 'gunicorn': "
+            "gunicorn.__version__, 'flask': flask.__version__}))"
+        )
+        out = subprocess.run(
+            ["docker", "exec", self.id, "python", "-c", script], capture_output=True, text=True
+        )
         found = json.loads(out.stdout) if out.returncode == 0 else {}
-        ng = subprocess.run(["docker", "exec", self.id, "nginx", "-v"], capture_output=True,
-                            text=True)
+        ng = subprocess.run(
+            ["docker", "exec", self.id, "nginx", "-v"], capture_output=True, text=True
+        )
         if ng.returncode == 0:
             found["nginx"] = ng.stderr.strip().split("/")[-1]
         return found
@@ -164,8 +184,9 @@ class ImageServer(Server):
 
 
 def image_info(image):
-    out = subprocess.run(["docker", "image", "inspect", image], capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        ["docker", "image", "inspect", image], capture_output=True, text=True, check=True
+    )
     info = json.loads(out.stdout)[0]
     return {"name": image, "id": info["Id"][7:19], "size_mb": round(info["Size"] / 1e6, 1)}
 
@@ -174,18 +195,24 @@ def choose(target, image):
     """'host' or 'image' for --target; auto picks the image when Docker answers."""
     if target != "auto":
         if target == "image" and not (docker_ready() and image_exists(image)):
-            raise TargetError(f"--target image needs a Docker engine and the image {image} "
-                              "(make image)")
+            raise TargetError(
+                f"--target image needs a Docker engine and the image {image} (make image)"
+            )
         return target
     if not docker_ready():
         return "host"
     if image_exists(image):
         return "image"
     if in_ci():
-        raise TargetError(f"Docker answers but the image {image} is not built; CI must "
-                          "benchmark the image (make image)")
-    print(f"bench: Docker answers but the image {image} is not built (make image); "
-          "benchmarking serve on this host instead", file=sys.stderr)
+        raise TargetError(
+            f"Docker answers but the image {image} is not built; CI must "
+            "benchmark the image (make image)"
+        )
+    print(
+        f"bench: Docker answers but the image {image} is not built (make image); "
+        "benchmarking serve on this host instead",
+        file=sys.stderr,
+    )
     return "host"
 
 

@@ -44,8 +44,9 @@ def layout(n_texts, file_bytes, texts):
 
 
 def _line(n, i, text):
-    return (json.dumps({"id": f"part{n}-{i}", "text": text}, ensure_ascii=False)
-            + "\n").encode("utf-8")
+    return (json.dumps({"id": f"part{n}-{i}", "text": text}, ensure_ascii=False) + "\n").encode(
+        "utf-8"
+    )
 
 
 def record_texts(texts, file_bytes):
@@ -71,25 +72,43 @@ def _port_in_use():
 def run_job(image, input_dir, output_dir, job):
     """{"status", "seconds"} of one local-mode transform job (tests/transform_job.py)."""
     if not NOTEBOOK_PYTHON.exists():
-        raise SystemExit(f"bench: {NOTEBOOK_PYTHON} is missing (scripts/setup-notebook.sh); "
-                         "the transform job needs the SageMaker SDK")
+        raise SystemExit(
+            f"bench: {NOTEBOOK_PYTHON} is missing (scripts/setup-notebook.sh); "
+            "the transform job needs the SageMaker SDK"
+        )
     # Local mode publishes the container's port 8080 on the host and sends every request
     # there: with something else on it, the job would fail or talk to another server. On
     # a shared machine that is often another local-mode job: wait for it, a while.
     deadline = time.monotonic() + PORT_WAIT_SECONDS
     while _port_in_use():
         if time.monotonic() > deadline:
-            raise SystemExit(f"bench: port {LOCAL_MODE_PORT} is in use (another local-mode "
-                             f"job or server?) after {PORT_WAIT_SECONDS} s; the transform "
-                             "job needs it")
+            raise SystemExit(
+                f"bench: port {LOCAL_MODE_PORT} is in use (another local-mode "
+                f"job or server?) after {PORT_WAIT_SECONDS} s; the transform "
+                "job needs it"
+            )
         time.sleep(5)
     # As tests/test_transform.py runs it: no AWS credentials or endpoints reach the SDK.
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(AWS_EC2_METADATA_DISABLED="true", PYTHONPATH="",
-               PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}")
-    out = subprocess.run([str(NOTEBOOK_PYTHON), str(DRIVER), image, str(input_dir),
-                          str(output_dir), json.dumps(job)],
-                         capture_output=True, text=True, env=env, timeout=3600)
+    env.update(
+        AWS_EC2_METADATA_DISABLED="true",
+        PYTHONPATH="",
+        PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
+    )
+    out = subprocess.run(
+        [
+            str(NOTEBOOK_PYTHON),
+            str(DRIVER),
+            image,
+            str(input_dir),
+            str(output_dir),
+            json.dumps(job),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=3600,
+    )
     if out.returncode:
         raise SystemExit(f"bench: the transform job {job} failed: {out.stderr[-6000:]}")
     return json.loads(out.stdout.splitlines()[-1])
@@ -118,8 +137,11 @@ def check_outputs(output_dir, files, texts, expected):
                     errors += 1
                 elif answer.get("id") != f"part{n}-{i}":
                     wrong_ids += 1
-                elif k is None or [[e["text"], e["label"], e["start"], e["end"]]
-                                   for e in answer["entities"]] != expected[k]:
+                elif (
+                    k is None
+                    or [[e["text"], e["label"], e["start"], e["end"]] for e in answer["entities"]]
+                    != expected[k]
+                ):
                     mismatches += 1
                 else:
                     continue
@@ -130,8 +152,14 @@ def check_outputs(output_dir, files, texts, expected):
         if missing and len(first) < 5:
             first.append(f"{path.name}: {lines} lines for {len(indices)} records")
         mismatches += abs(missing)
-    return {"records": records, "error_lines": errors, "wrong_ids": wrong_ids,
-            "mismatches": mismatches, "blank_lines": blank, "first": first}
+    return {
+        "records": records,
+        "error_lines": errors,
+        "wrong_ids": wrong_ids,
+        "mismatches": mismatches,
+        "blank_lines": blank,
+        "first": first,
+    }
 
 
 def file_sizes_mb(folder):

@@ -47,8 +47,9 @@ def docker_ready():
 
 
 def image_exists(image):
-    return subprocess.run(["docker", "image", "inspect", image],
-                          capture_output=True).returncode == 0
+    return (
+        subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode == 0
+    )
 
 
 def wait_until(condition, message, timeout=30, interval=0.01):
@@ -91,8 +92,12 @@ def host_env(port, **extra):
     starts gunicorn beside the interpreter that runs it), Debian's nginx from /usr/sbin,
     the port; `extra` overrides any of it."""
     path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}:/usr/sbin"
-    return {**os.environ, "PATH": path, "SAGEMAKER_BIND_TO_PORT": str(port),
-            **{k: str(v) for k, v in extra.items()}}
+    return {
+        **os.environ,
+        "PATH": path,
+        "SAGEMAKER_BIND_TO_PORT": str(port),
+        **{k: str(v) for k, v in extra.items()},
+    }
 
 
 class HostProcess:
@@ -103,8 +108,13 @@ class HostProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(log_path)
         self.log = open(log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, str(SERVE)], env=env, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(SERVE)],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def running(self):
         return self.proc.poll() is None
@@ -120,8 +130,10 @@ class HostProcess:
         except ServerError as e:
             logs = self.logs()  # before stop(), which closes the log file
             self.stop()
-            raise ServerError(f"{e} (serve's exit status: {self.proc.returncode})"
-                              f"\n--- serve log ---\n{logs[-6000:]}") from None
+            raise ServerError(
+                f"{e} (serve's exit status: {self.proc.returncode})"
+                f"\n--- serve log ---\n{logs[-6000:]}"
+            ) from None
         return self
 
     def stop(self):
@@ -144,8 +156,16 @@ class Container:
     SAGEMAKER_BIND_TO_PORT=PORT (the client reaches nginx directly).
     """
 
-    def __init__(self, image, run_args=(), command=("serve",), env=None, inner_port=8080,
-                 network="publish", docker="docker"):
+    def __init__(
+        self,
+        image,
+        run_args=(),
+        command=("serve",),
+        env=None,
+        inner_port=8080,
+        network="publish",
+        docker="docker",
+    ):
         self.docker, self.image = docker, image
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -156,12 +176,14 @@ class Container:
         else:
             net = ["-p", f"127.0.0.1:{self.port}:{inner_port}"]
         env_args = [a for k, v in env.items() for a in ("-e", f"{k}={v}")]
-        self.id = self.docker_cmd("run", "-d", *net, *env_args, *run_args, image,
-                                  *command).stdout.strip()
+        self.id = self.docker_cmd(
+            "run", "-d", *net, *env_args, *run_args, image, *command
+        ).stdout.strip()
 
     def docker_cmd(self, *args, timeout=60):
-        result = subprocess.run([self.docker, *args], capture_output=True, text=True,
-                                timeout=timeout)
+        result = subprocess.run(
+            [self.docker, *args], capture_output=True, text=True, timeout=timeout
+        )
         if result.returncode:
             raise ServerError(f"docker {' '.join(args[:2])} failed: {result.stderr.strip()}")
         return result
@@ -171,8 +193,11 @@ class Container:
         return result.stdout + result.stderr
 
     def running(self):
-        out = subprocess.run([self.docker, "inspect", "-f", "{{.State.Running}}", self.id],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [self.docker, "inspect", "-f", "{{.State.Running}}", self.id],
+            capture_output=True,
+            text=True,
+        )
         return out.stdout.strip() == "true"
 
     def wait_ready(self, timeout=120):
@@ -201,21 +226,28 @@ class MultiModelEndpoint(Container):
     a model (container/NER/manager.py). Each answers the `requests` response."""
 
     def __init__(self, image, store, run_args=(), env=None, **kwargs):
-        super().__init__(image, ("-v", f"{store}:/opt/ml/models:ro", *run_args),
-                         env={"SAGEMAKER_MULTI_MODEL": "true", **(env or {})}, **kwargs)
+        super().__init__(
+            image,
+            ("-v", f"{store}:/opt/ml/models:ro", *run_args),
+            env={"SAGEMAKER_MULTI_MODEL": "true", **(env or {})},
+            **kwargs,
+        )
 
     def load(self, name, folder=None, timeout=300):
         url = f"/opt/ml/models/{folder or name}/model"
-        return requests.post(f"{self.url}/models", json={"model_name": name, "url": url},
-                             timeout=timeout)
+        return requests.post(
+            f"{self.url}/models", json={"model_name": name, "url": url}, timeout=timeout
+        )
 
     def invoke(self, name, body, timeout=60, **kwargs):
-        return requests.post(f"{self.url}/models/{name}/invoke", json=body, timeout=timeout,
-                             **kwargs)
+        return requests.post(
+            f"{self.url}/models/{name}/invoke", json=body, timeout=timeout, **kwargs
+        )
 
     def unload(self, name):
         return requests.delete(f"{self.url}/models/{name}", timeout=60)
 
     def listed(self):
-        return [m["modelName"] for m in requests.get(f"{self.url}/models",
-                                                     timeout=10).json()["models"]]
+        return [
+            m["modelName"] for m in requests.get(f"{self.url}/models", timeout=10).json()["models"]
+        ]

@@ -24,14 +24,22 @@ class MotoServer:
         self.url = url
 
     def client(self, service):
-        return boto3.client(service, endpoint_url=self.url, region_name=REGION,
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
+        return boto3.client(
+            service,
+            endpoint_url=self.url,
+            region_name=REGION,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
 
     def env(self):
         """Environment for a child process that must reach this server and nothing else:
         dummy credentials, no shared config files, no instance metadata lookups."""
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith("AWS_") or k == "AWS_EC2_METADATA_DISABLED"}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("AWS_") or k == "AWS_EC2_METADATA_DISABLED"
+        }
         env.update(
             AWS_ENDPOINT_URL=self.url,
             AWS_ACCESS_KEY_ID="testing",
@@ -77,14 +85,17 @@ class Registry:
     def manifest(self, name, reference):
         """(Content-Type, JSON) of a manifest, accepting both Docker and OCI types, so the
         registry answers with whatever type was pushed."""
-        accept = ", ".join([
-            "application/vnd.docker.distribution.manifest.v2+json",
-            "application/vnd.docker.distribution.manifest.list.v2+json",
-            "application/vnd.oci.image.manifest.v1+json",
-            "application/vnd.oci.image.index.v1+json",
-        ])
-        response = requests.get(f"{self.url}/v2/{name}/manifests/{reference}",
-                                headers={"Accept": accept}, timeout=10)
+        accept = ", ".join(
+            [
+                "application/vnd.docker.distribution.manifest.v2+json",
+                "application/vnd.docker.distribution.manifest.list.v2+json",
+                "application/vnd.oci.image.manifest.v1+json",
+                "application/vnd.oci.image.index.v1+json",
+            ]
+        )
+        response = requests.get(
+            f"{self.url}/v2/{name}/manifests/{reference}", headers={"Accept": accept}, timeout=10
+        )
         response.raise_for_status()
         return response.headers["Content-Type"], response.json()
 

@@ -75,8 +75,10 @@ def tiny_model(tmp_path_factory):
 def serve_env(tmp_path, **extra):
     """The environment for `serve` on this host (harness.servers.host_env): a free port,
     2 workers, no /opt/ml/model; `extra` overrides any of it."""
-    return host_env(free_port(), **{"MODEL_SERVER_WORKERS": 2,
-                                    "SM_MODEL_DIR": tmp_path / "no-model-dir", **extra})
+    return host_env(
+        free_port(),
+        **{"MODEL_SERVER_WORKERS": 2, "SM_MODEL_DIR": tmp_path / "no-model-dir", **extra},
+    )
 
 
 def start_host_server(env, log_path, wait=True):
@@ -103,8 +105,9 @@ def start_server(tmp_path):
     servers = []
 
     def start(wait=True, **env):
-        server = start_host_server(serve_env(tmp_path, **env),
-                                   tmp_path / f"serve-{len(servers)}.log", wait)
+        server = start_host_server(
+            serve_env(tmp_path, **env), tmp_path / f"serve-{len(servers)}.log", wait
+        )
         servers.append(server)
         return server
 
@@ -122,8 +125,7 @@ def misbehaving_model(tiny_model, tmp_path_factory):
     import ner_test_components  # noqa: F401 (registers the components)
 
     nlp = spacy.load(tiny_model)
-    for name in ("test_raise", "test_stall", "test_hold", "test_sleep", "test_exit",
-                 "test_count"):
+    for name in ("test_raise", "test_stall", "test_hold", "test_sleep", "test_exit", "test_count"):
         nlp.add_pipe(name)
     path = tmp_path_factory.mktemp("models") / "misbehaving"
     nlp.to_disk(path)
@@ -134,9 +136,12 @@ def misbehaving_model(tiny_model, tmp_path_factory):
 def serve_with_plugins(start_server, misbehaving_model):
     """Start `serve` with the misbehaving pipeline, its components found as any custom
     component is (an entry point on PYTHONPATH)."""
+
     def start(**env):
-        return start_server(SPACY_MODEL=misbehaving_model, SPACY_FULL_PIPELINE="true",
-                            PYTHONPATH=PLUGINS, **env)
+        return start_server(
+            SPACY_MODEL=misbehaving_model, SPACY_FULL_PIPELINE="true", PYTHONPATH=PLUGINS, **env
+        )
+
     return start
 
 

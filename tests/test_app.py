@@ -50,7 +50,7 @@ def test_one_text_gets_its_entities_with_character_offsets(client):
     assert response.content_type == "application/json"
     assert response.get_json() == {"entities": EXPECTED}
     for e in EXPECTED:
-        assert SENTENCE[e["start"]:e["end"]] == e["text"]
+        assert SENTENCE[e["start"] : e["end"]] == e["text"]
 
 
 def test_offsets_count_characters_not_bytes(client):
@@ -58,7 +58,7 @@ def test_offsets_count_characters_not_bytes(client):
     entities = invoke(client, {"text": text}).get_json()["entities"]
     assert entities, "the tiny model should still find Alice, Acme and Paris"
     for e in entities:
-        assert text[e["start"]:e["end"]] == e["text"]
+        assert text[e["start"] : e["end"]] == e["text"]
     alice = [e for e in entities if e["text"] == "Alice"]
     assert alice and alice[0]["start"] == len("Ünïcödé — ")
 
@@ -79,8 +79,9 @@ def test_an_empty_batch_gets_an_empty_result(client):
 
 def test_the_blog_posts_request_gets_the_blog_posts_answer(client):
     response = invoke(client, {"input": SENTENCE})
-    assert response.get_json() == {"output": [["Alice", "PERSON"], ["Acme", "ORG"],
-                                              ["Paris", "GPE"]]}
+    assert response.get_json() == {
+        "output": [["Alice", "PERSON"], ["Acme", "ORG"], ["Paris", "GPE"]]
+    }
 
 
 def test_plain_text_is_one_text(client):
@@ -127,8 +128,10 @@ def test_jsonlines_alias_content_types_are_accepted(client):
         assert invoke(client, f'"{SENTENCE}"\n', content_type).status_code == 200
 
 
-@pytest.mark.parametrize("accept", [None, "*/*", "application/*", "application/json",
-                                    "text/html;q=0.5, application/json"])
+@pytest.mark.parametrize(
+    "accept",
+    [None, "*/*", "application/*", "application/json", "text/html;q=0.5, application/json"],
+)
 def test_json_is_the_default_answer(client, accept):
     headers = {"Accept": accept} if accept else {}
     response = invoke(client, {"text": SENTENCE}, **headers)
@@ -138,8 +141,12 @@ def test_json_is_the_default_answer(client, accept):
 
 def test_sagemaker_default_invocations_accept_answers_requests_without_accept(settings):
     nlp = pipeline.load(settings)
-    lines = Settings.from_env({"SPACY_MODEL": settings.spacy_model,
-                               "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "application/jsonlines"})
+    lines = Settings.from_env(
+        {
+            "SPACY_MODEL": settings.spacy_model,
+            "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "application/jsonlines",
+        }
+    )
     client = predictor.create_app(nlp, lines).test_client()
     body = f'"{SENTENCE}"\n"Eve lives in Rome."\n'
     for headers in ({}, {"Accept": "*/*"}):
@@ -162,9 +169,14 @@ def test_html_is_displacys_rendering_with_the_text_escaped(client):
 
 
 def test_sagemaker_headers_are_accepted_and_custom_attributes_echoed(client):
-    response = invoke(client, {"text": SENTENCE},
-                      **{"X-Amzn-SageMaker-Custom-Attributes": "trace=abc-123",
-                         "X-Amzn-SageMaker-Inference-Id": "id-1"})
+    response = invoke(
+        client,
+        {"text": SENTENCE},
+        **{
+            "X-Amzn-SageMaker-Custom-Attributes": "trace=abc-123",
+            "X-Amzn-SageMaker-Inference-Id": "id-1",
+        },
+    )
     assert response.status_code == 200
     assert response.headers["X-Amzn-SageMaker-Custom-Attributes"] == "trace=abc-123"
 
@@ -177,20 +189,22 @@ def test_execution_parameters_describe_batch_transform(client):
     assert params["MaxPayloadInMB"] == SUGGESTED_MAX_PAYLOAD_MB == 1
 
 
-@pytest.mark.parametrize("rate,env,expected", [
-    # 100,000 characters/s x 600 s x 0.5 = 30,000,000 characters: 28 MiB.
-    (100_000, {"SAGEMAKER_BATCH": "true"}, 28),
-    # The same, 8 workers: SageMaker allows 100 MB across concurrent requests.
-    (100_000, {"SAGEMAKER_BATCH": "true", "MODEL_SERVER_WORKERS": "8"}, 12),
-    # Never over what nginx accepts.
-    (100_000, {"SAGEMAKER_BATCH": "true", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "6"}, 6),
-    # A real-time timeout: 100,000 x 60 x 0.5 = 3,000,000 characters: 2 MiB.
-    (100_000, {}, 2),
-    # A slow pipeline: not even 1 MB.
-    (1_000, {}, 0),
-])
-def test_the_payload_within_the_timeout_is_what_one_worker_runs_in_half_of_it(rate, env,
-                                                                               expected):
+@pytest.mark.parametrize(
+    "rate,env,expected",
+    [
+        # 100,000 characters/s x 600 s x 0.5 = 30,000,000 characters: 28 MiB.
+        (100_000, {"SAGEMAKER_BATCH": "true"}, 28),
+        # The same, 8 workers: SageMaker allows 100 MB across concurrent requests.
+        (100_000, {"SAGEMAKER_BATCH": "true", "MODEL_SERVER_WORKERS": "8"}, 12),
+        # Never over what nginx accepts.
+        (100_000, {"SAGEMAKER_BATCH": "true", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "6"}, 6),
+        # A real-time timeout: 100,000 x 60 x 0.5 = 3,000,000 characters: 2 MiB.
+        (100_000, {}, 2),
+        # A slow pipeline: not even 1 MB.
+        (1_000, {}, 0),
+    ],
+)
+def test_the_payload_within_the_timeout_is_what_one_worker_runs_in_half_of_it(rate, env, expected):
     settings = Settings.from_env({"MODEL_SERVER_WORKERS": "2", **env})
     assert capacity.payload_within_timeout_mb(rate, settings) == expected
 
@@ -201,11 +215,17 @@ def ruler_model(tmp_path_factory):
     around them, so a text cut into pieces must get exactly the entities it gets whole.
     "New York" is two tokens: a cut between them must not cut the entity."""
     import spacy
+
     nlp = spacy.blank("en")
     ruler = nlp.add_pipe("entity_ruler")
-    ruler.add_patterns([{"label": label, "pattern": text} for text, ents in TRAIN
-                        for text, label in {(text[s:e], label) for s, e, label in ents}]
-                       + [{"label": "GPE", "pattern": [{"LOWER": "new"}, {"LOWER": "york"}]}])
+    ruler.add_patterns(
+        [
+            {"label": label, "pattern": text}
+            for text, ents in TRAIN
+            for text, label in {(text[s:e], label) for s, e, label in ents}
+        ]
+        + [{"label": "GPE", "pattern": [{"LOWER": "new"}, {"LOWER": "york"}]}]
+    )
     path = tmp_path_factory.mktemp("models") / "ruler"
     nlp.to_disk(path)
     return path
@@ -226,15 +246,19 @@ def whole(ruler_model):
 def small_pieces(ruler_model):
     """The same app with small groups and pieces, so that small bodies take the paths
     large ones do: JSON Lines in several groups, texts in several pieces."""
-    return ruler_app(ruler_model, MODEL_SERVER_BATCH_CHARACTERS="500",
-                     MODEL_SERVER_CHUNK_CHARACTERS="1000",
-                     MODEL_SERVER_MAX_TEXT_CHARACTERS="50000")
+    return ruler_app(
+        ruler_model,
+        MODEL_SERVER_BATCH_CHARACTERS="500",
+        MODEL_SERVER_CHUNK_CHARACTERS="1000",
+        MODEL_SERVER_MAX_TEXT_CHARACTERS="50000",
+    )
 
 
 def paragraphs(n):
     """A document of n short paragraphs: the tiny model's sentences, numbered."""
-    return "\n\n".join(f"{text} Note {i}." for i, (text, _) in
-                        zip(range(n), itertools.cycle(TRAIN)))
+    return "\n\n".join(
+        f"{text} Note {i}." for i, (text, _) in zip(range(n), itertools.cycle(TRAIN))
+    )
 
 
 def test_a_jsonlines_body_of_many_groups_gets_every_line_in_order(small_pieces, whole):
@@ -253,12 +277,13 @@ def test_a_jsonlines_body_of_many_groups_gets_every_line_in_order(small_pieces, 
         assert [r["id"] for r in lines] == list(range(400))
         assert all(r["entities"] == EXPECTED for r in lines), lines[0]
     # The same as the app whose one group holds the whole body.
-    assert invoke(whole, body, "application/jsonlines").get_json() == \
-        invoke(small_pieces, body, "application/jsonlines").get_json()
+    assert (
+        invoke(whole, body, "application/jsonlines").get_json()
+        == invoke(small_pieces, body, "application/jsonlines").get_json()
+    )
 
 
-def test_a_malformed_line_late_in_a_large_body_fails_it_whole_before_any_answer(
-        small_pieces):
+def test_a_malformed_line_late_in_a_large_body_fails_it_whole_before_any_answer(small_pieces):
     lines = [json.dumps({"id": i, "text": SENTENCE}) for i in range(300)]
     lines[271] = '{"id": 271, "text": '
     response = invoke(small_pieces, "\n".join(lines), "application/jsonlines")
@@ -272,7 +297,7 @@ def test_a_text_longer_than_a_piece_gets_the_entities_it_gets_whole(small_pieces
     assert got == invoke(whole, {"text": text}).get_json()["entities"]
     assert len(got) > 100
     for e in got:
-        assert text[e["start"]:e["end"]] == e["text"]
+        assert text[e["start"] : e["end"]] == e["text"]
 
 
 @pytest.mark.parametrize("separator", [" ", "\n"])
@@ -284,14 +309,17 @@ def test_a_cut_inside_a_paragraph_never_cuts_an_entity(small_pieces, whole, sepa
     assert got == invoke(whole, {"texts": [words]}).get_json()["results"][0]["entities"]
     assert [e["text"] for e in got].count("New York") == 100
     for e in got:
-        assert words[e["start"]:e["end"]] == e["text"]
+        assert words[e["start"] : e["end"]] == e["text"]
 
 
-@pytest.mark.parametrize("content_type,body", [
-    ("text/plain", "a " * 25_001),
-    ("application/json", json.dumps({"texts": ["Alice", "a " * 25_001]})),
-    ("application/jsonlines", json.dumps("Alice") + "\n" + json.dumps("a " * 25_001)),
-])
+@pytest.mark.parametrize(
+    "content_type,body",
+    [
+        ("text/plain", "a " * 25_001),
+        ("application/json", json.dumps({"texts": ["Alice", "a " * 25_001]})),
+        ("application/jsonlines", json.dumps("Alice") + "\n" + json.dumps("a " * 25_001)),
+    ],
+)
 def test_a_text_over_the_max_text_characters_gets_413(small_pieces, content_type, body):
     response = invoke(small_pieces, body, content_type)
     check_error(response.status_code, response.headers, response.data, 413, "text_too_long")
@@ -300,7 +328,8 @@ def test_a_text_over_the_max_text_characters_gets_413(small_pieces, content_type
 
 @each_app_bad_request
 def test_a_bad_request_gets_a_json_4xx_and_the_app_keeps_answering(
-        client, name, method, path, headers, body, status, code):
+    client, name, method, path, headers, body, status, code
+):
     response = client.open(path, method=method, data=body, headers=headers)
     check_error(response.status_code, response.headers, response.data, status, code)
     assert invoke(client, {"text": SENTENCE}).get_json() == {"entities": EXPECTED}
@@ -308,12 +337,20 @@ def test_a_bad_request_gets_a_json_4xx_and_the_app_keeps_answering(
 
 def test_jsonlines_records_keep_their_other_fields_beside_the_entities(client):
     """Batch transform output can be matched to its input by id, not by line order alone."""
-    body = (json.dumps({"id": 7, "text": SENTENCE}) + "\n"
-            + json.dumps({"text": "Eve lives in Rome.", "meta": {"source": ["a", 1], "n": None},
-                          "id": "x-8"}) + "\n"
-            + json.dumps("Bob moved to Berlin.") + "\n"
-            + json.dumps({"text": "Nothing happened here."}) + "\n"
-            + json.dumps({"id": 9, "text": "Carol", "entities": "theirs"}) + "\n")
+    body = (
+        json.dumps({"id": 7, "text": SENTENCE})
+        + "\n"
+        + json.dumps(
+            {"text": "Eve lives in Rome.", "meta": {"source": ["a", 1], "n": None}, "id": "x-8"}
+        )
+        + "\n"
+        + json.dumps("Bob moved to Berlin.")
+        + "\n"
+        + json.dumps({"text": "Nothing happened here."})
+        + "\n"
+        + json.dumps({"id": 9, "text": "Carol", "entities": "theirs"})
+        + "\n"
+    )
     response = invoke(client, body, "application/jsonlines", Accept="application/jsonlines")
     lines = [json.loads(line) for line in response.data.decode().splitlines()]
     assert lines[0] == {"id": 7, "entities": EXPECTED}
@@ -327,8 +364,11 @@ def test_jsonlines_records_keep_their_other_fields_beside_the_entities(client):
 
 def test_each_invocation_gets_one_log_line_with_its_inference_id(client, caplog):
     caplog.set_level("INFO", logger="ner.predictor")
-    response = invoke(client, {"texts": [SENTENCE, "Bob moved to Berlin."]},
-                      **{"X-Amzn-SageMaker-Inference-Id": "abc-123"})
+    response = invoke(
+        client,
+        {"texts": [SENTENCE, "Bob moved to Berlin."]},
+        **{"X-Amzn-SageMaker-Inference-Id": "abc-123"},
+    )
     response.close()
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("invocation")]
     assert len(lines) == 1, lines

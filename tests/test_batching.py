@@ -35,8 +35,11 @@ TEXTS = [text for text, _ in TRAIN]
 
 def novel_words(n, seed):
     """Texts of words no model has seen: ids, names and typos, as real traffic brings."""
-    return [f"Order X{seed}Q{i}Z by Zorblax{seed}v{i} reached Quenbury{i}x{seed} "
-            f"on day {seed * 100000 + i}." for i in range(n)]
+    return [
+        f"Order X{seed}Q{i}Z by Zorblax{seed}v{i} reached Quenbury{i}x{seed} "
+        f"on day {seed * 100000 + i}."
+        for i in range(n)
+    ]
 
 
 @pytest.fixture
@@ -63,8 +66,9 @@ def app(make_app):
 def app_with(model_dir, **env):
     """The app around the pipeline, every component on; the test components' state reset
     after the model's own warm-up call."""
-    settings = Settings.from_env({"SPACY_MODEL": str(model_dir), "SPACY_FULL_PIPELINE": "true",
-                                  **env})
+    settings = Settings.from_env(
+        {"SPACY_MODEL": str(model_dir), "SPACY_FULL_PIPELINE": "true", **env}
+    )
     application = predictor.create_app(pipeline.load(settings), settings)
     components.reset()
     return application
@@ -74,8 +78,9 @@ def post(app, body, content_type="application/json", **headers):
     if not isinstance(body, (bytes, str)):
         body = json.dumps(body)
     # One test client per call: clients keep cookies and are not meant for sharing.
-    return app.test_client().post("/invocations", data=body, content_type=content_type,
-                                  headers=headers)
+    return app.test_client().post(
+        "/invocations", data=body, content_type=content_type, headers=headers
+    )
 
 
 class Held:
@@ -92,8 +97,10 @@ class Held:
         the queue."""
         before = self.batcher.queued()
         futures = [self.pool.submit(self._send, *b) for b in bodies]
-        wait_until(lambda: self.batcher.queued() == before + len(bodies),
-                   "the requests did not all reach the batcher's queue")
+        wait_until(
+            lambda: self.batcher.queued() == before + len(bodies),
+            "the requests did not all reach the batcher's queue",
+        )
         return futures
 
     def _send(self, body, content_type="application/json", headers=None):
@@ -106,8 +113,13 @@ class Held:
 
 def expected_entities(nlp_path, texts):
     nlp = spacy.load(nlp_path, exclude=["test_count"])  # not counted among the app's calls
-    return [[{"text": e.text, "label": e.label_, "start": e.start_char, "end": e.end_char}
-             for e in doc.ents] for doc in nlp.pipe(texts)]
+    return [
+        [
+            {"text": e.text, "label": e.label_, "start": e.start_char, "end": e.end_char}
+            for e in doc.ents
+        ]
+        for doc in nlp.pipe(texts)
+    ]
 
 
 def test_requests_queued_while_the_model_is_busy_merge_into_one_nlp_pipe_call(app):
@@ -121,20 +133,31 @@ def test_requests_queued_while_the_model_is_busy_merge_into_one_nlp_pipe_call(ap
 
 
 def test_concurrent_requests_of_every_form_each_get_exactly_their_own_entities(
-        app, misbehaving_model):
+    app, misbehaving_model
+):
     """64 threads at once, five request forms, different texts: no answer goes astray."""
     texts = [f"{t} Case {i}." for i, t in enumerate(TEXTS * 7)][:64]
     want = expected_entities(misbehaving_model, texts)
     forms = [
-        lambda i: (({"text": texts[i]}), "application/json", {},
-                   lambda r: [r.get_json()["entities"]]),
-        lambda i: (({"texts": [texts[i], texts[-1 - i]]}), "application/json", {},
-                   lambda r: [x["entities"] for x in r.get_json()["results"]]),
+        lambda i: (
+            ({"text": texts[i]}),
+            "application/json",
+            {},
+            lambda r: [r.get_json()["entities"]],
+        ),
+        lambda i: (
+            ({"texts": [texts[i], texts[-1 - i]]}),
+            "application/json",
+            {},
+            lambda r: [x["entities"] for x in r.get_json()["results"]],
+        ),
         lambda i: (texts[i].encode(), "text/plain", {}, lambda r: [r.get_json()["entities"]]),
-        lambda i: (json.dumps({"id": i, "text": texts[i]}) + "\n" + json.dumps(texts[-1 - i]),
-                   "application/jsonlines", {"Accept": "application/jsonlines"},
-                   lambda r: [json.loads(line)["entities"]
-                              for line in r.data.decode().splitlines()]),
+        lambda i: (
+            json.dumps({"id": i, "text": texts[i]}) + "\n" + json.dumps(texts[-1 - i]),
+            "application/jsonlines",
+            {"Accept": "application/jsonlines"},
+            lambda r: [json.loads(line)["entities"] for line in r.data.decode().splitlines()],
+        ),
     ]
 
     def one(i):
@@ -142,7 +165,7 @@ def test_concurrent_requests_of_every_form_each_get_exactly_their_own_entities(
         response = post(app, body, content_type, **headers)
         assert response.status_code == 200, response.data
         got = read(response)
-        expected = want[i:i + 1] if len(got) == 1 else [want[i], want[-1 - i]]
+        expected = want[i : i + 1] if len(got) == 1 else [want[i], want[-1 - i]]
         return got, expected
 
     with ThreadPoolExecutor(64 + 1) as pool:  # and one for the HOLD request
@@ -185,8 +208,9 @@ def test_the_character_cap_bounds_each_merged_call(make_app):
         held = Held(app, pool)
         forty = "Eve lives in Rome and Bob in Berlin, okay."  # 42 characters
         big = "Alice works at Acme in Paris. " * 10  # 300: over the cap, runs alone
-        futures = held.queue([({"text": forty},)] * 5 + [({"text": big},)]
-                             + [({"text": forty},)] * 2)
+        futures = held.queue(
+            [({"text": forty},)] * 5 + [({"text": big},)] + [({"text": forty},)] * 2
+        )
         held.release()
         assert all(f.result(timeout=30).status_code == 200 for f in futures)
     # Two 42-character requests fit in 100; the big one alone; then the last two.
@@ -204,8 +228,10 @@ def test_a_request_over_the_cap_shares_the_model_with_the_requests_behind_it(mak
         big = held.queue([({"texts": [forty] * 6}, "application/json", {PART_HEADER: "1"})])
         small = held.queue([({"text": forty},)])
         held.release()
-        assert big[0].result(timeout=30).get_json()["results"] == \
-            [{"entities": small[0].result(timeout=30).get_json()["entities"]}] * 6
+        assert (
+            big[0].result(timeout=30).get_json()["results"]
+            == [{"entities": small[0].result(timeout=30).get_json()["entities"]}] * 6
+        )
     # Two of the big request's texts; then the small request with the big one's third;
     # then the rest of the big one. The small one did not wait for all six.
     assert components.pipe_calls == [1, 2, 2, 2, 1]
@@ -231,6 +257,7 @@ def test_a_component_raising_what_is_no_exception_fails_its_request_alone(app, m
 
 def test_an_answer_given_is_never_replaced():
     from batcher import _Job
+
     job = _Job(["a", "b"], timing=None)
     job.add([[], [{"text": "b"}]])
     job.finish(RuntimeError("raised later, by the zone's exit"))
@@ -256,8 +283,9 @@ def test_a_stuck_model_call_wakes_the_watchdog():
     stuck = threading.Event()
     nlp = spacy.blank("en")
     nlp.add_pipe("test_stall")
-    batcher = Batcher(nlp, Limit(1000), timeout=60, stuck_seconds=1,
-                      on_stuck=lambda seconds: stuck.set())
+    batcher = Batcher(
+        nlp, Limit(1000), timeout=60, stuck_seconds=1, on_stuck=lambda seconds: stuck.set()
+    )
     caller = threading.Thread(target=batcher.predict, args=(["STALL"],))
     caller.start()
     try:
@@ -288,16 +316,19 @@ def test_a_request_cut_by_the_cap_that_fails_leaves_the_model_to_the_next(marker
         batcher.close()
 
 
-@pytest.mark.parametrize("content_type,body", [
-    ("application/jsonlines", "\n" * 3000),
-    ("application/json", json.dumps({"texts": [""] * 3000})),
-])
+@pytest.mark.parametrize(
+    "content_type,body",
+    [
+        ("application/jsonlines", "\n" * 3000),
+        ("application/json", json.dumps({"texts": [""] * 3000})),
+    ],
+)
 def test_no_merged_call_takes_more_than_1024_texts_however_short(app, content_type, body):
     """Three thousand empty texts are no characters, but three thousand Docs."""
     response = post(app, body, content_type)
     assert response.status_code == 200
     answer = response.get_data(as_text=True)  # a streamed answer runs as it is read
-    assert answer.count("{\"entities\":[]}") == 3000
+    assert answer.count('{"entities":[]}') == 3000
     assert len(components.pipe_calls) > 1
     assert max(components.pipe_calls) <= 1024 and sum(components.pipe_calls) == 3000
 
@@ -326,44 +357,49 @@ def test_html_is_rendered_from_plain_records_after_the_zone_closed(app):
 
 # --- the same through the real serve ------------------------------------------------
 
+
 def worker_pids(server):
-    gunicorn = [p for p in psutil.Process(server.proc.pid).children()
-                if "gunicorn" in " ".join(p.cmdline())]
+    gunicorn = [
+        p for p in psutil.Process(server.proc.pid).children() if "gunicorn" in " ".join(p.cmdline())
+    ]
     return sorted(p.pid for p in gunicorn[0].children())
 
 
-def test_a_request_over_the_timeout_gets_a_json_504_and_the_worker_survives(
-        serve_with_plugins):
+def test_a_request_over_the_timeout_gets_a_json_504_and_the_worker_survives(serve_with_plugins):
     """A short text that takes the model 3 s (test_sleep): nothing could have told in
     advance, so nginx answers 504 at MODEL_SERVER_TIMEOUT; the worker lives on."""
     # Less than test_sleep's 3 s; not 1 s, which a stall of the machine could exceed on
     # the request below that must answer 200.
-    server = serve_with_plugins(MODEL_SERVER_TIMEOUT=2, MODEL_SERVER_WORKERS=1,
-                                LOG_LEVEL="DEBUG")
+    server = serve_with_plugins(MODEL_SERVER_TIMEOUT=2, MODEL_SERVER_WORKERS=1, LOG_LEVEL="DEBUG")
     before = worker_pids(server)
     calls = len(pipe_calls_logged(server))
-    response = requests.post(f"{server.url}/invocations", json={"text": "SLEEP Alice"},
-                             timeout=30)
-    check_error(response.status_code, response.headers, response.content, 504,
-                "model_timeout")
+    response = requests.post(f"{server.url}/invocations", json={"text": "SLEEP Alice"}, timeout=30)
+    check_error(response.status_code, response.headers, response.content, 504, "model_timeout")
     # Once the worker is done with the abandoned request, it serves the next one (sent
     # earlier, it would wait behind the sleep for longer than the timeout too).
-    wait_until(lambda: len(pipe_calls_logged(server)) > calls,
-               "the worker never finished the abandoned request", interval=0.1)
-    answer = retry_while_504(lambda: requests.post(f"{server.url}/invocations",
-                                                   json={"text": TEXTS[0]}, timeout=30))
+    wait_until(
+        lambda: len(pipe_calls_logged(server)) > calls,
+        "the worker never finished the abandoned request",
+        interval=0.1,
+    )
+    answer = retry_while_504(
+        lambda: requests.post(f"{server.url}/invocations", json={"text": TEXTS[0]}, timeout=30)
+    )
     assert answer.status_code == 200 and answer.json()["entities"]
     assert worker_pids(server) == before
 
 
 def pipe_calls_logged(server):
     """(requests, texts) of every merged call the batcher has logged (at DEBUG)."""
-    return [(int(m[1]), int(m[2])) for m in
-            re.finditer(r"nlp\.pipe call \d+: (\d+) requests, (\d+) texts", server.logs())]
+    return [
+        (int(m[1]), int(m[2]))
+        for m in re.finditer(r"nlp\.pipe call \d+: (\d+) requests, (\d+) texts", server.logs())
+    ]
 
 
 def test_serve_merges_the_requests_queued_behind_a_busy_model_and_keeps_the_vocabulary_flat(
-        serve_with_plugins, hold):
+    serve_with_plugins, hold
+):
     server = serve_with_plugins(MODEL_SERVER_WORKERS=1, LOG_LEVEL="DEBUG", **hold.env)
     url = f"{server.url}/invocations"
     texts = [novel_words(1, seed)[0] for seed in range(200)]
@@ -372,24 +408,30 @@ def test_serve_merges_the_requests_queued_behind_a_busy_model_and_keeps_the_voca
     with ThreadPoolExecutor(32) as pool:
         first = pool.submit(requests.post, url, json={"text": "HOLD " + TEXTS[0]}, timeout=60)
         wait_until(hold.holding, "the HOLD request never reached the model")
-        queued = [pool.submit(requests.post, url, json={"text": t}, timeout=60)
-                  for t in texts[:behind]]
-        wait_until(lambda: f"waits for the model: {behind} queued" in server.logs(),
-                   f"the {behind} requests did not all queue behind the HOLD request")
+        queued = [
+            pool.submit(requests.post, url, json={"text": t}, timeout=60) for t in texts[:behind]
+        ]
+        wait_until(
+            lambda: f"waits for the model: {behind} queued" in server.logs(),
+            f"the {behind} requests did not all queue behind the HOLD request",
+        )
         hold.release()
         answers = [f.result() for f in queued]
         assert first.result().status_code == 200
         # The HOLD call, then one call for all that queued behind it (each is logged once
         # its call is over, which may be just after its requests are answered).
-        wait_until(lambda: len(pipe_calls_logged(server)) == calls_before + 2,
-                   "the merged call was not logged")
+        wait_until(
+            lambda: len(pipe_calls_logged(server)) == calls_before + 2,
+            "the merged call was not logged",
+        )
         assert pipe_calls_logged(server)[calls_before:] == [(1, 1), (behind, behind)]
-        answers += list(pool.map(
-            lambda t: requests.post(url, json={"text": t}, timeout=60), texts[behind:]))
+        answers += list(
+            pool.map(lambda t: requests.post(url, json={"text": t}, timeout=60), texts[behind:])
+        )
     assert all(a.status_code == 200 for a in answers)
     for text, answer in zip(texts, answers, strict=True):
         for e in answer.json()["entities"]:
-            assert text[e["start"]:e["end"]] == e["text"]
+            assert text[e["start"] : e["end"]] == e["text"]
     calls = [line for line in server.logs().splitlines() if "nlp.pipe call" in line]
     strings = {int(line.rsplit("vocabulary ", 1)[1].split()[0]) for line in calls}
     assert len(strings) == 1, f"the vocabulary grew: {sorted(strings)[:3]}..."
@@ -400,35 +442,41 @@ def test_a_worker_stuck_in_the_model_is_replaced(serve_with_plugins):
     # machine could exceed on the request below that must answer 200.
     server = serve_with_plugins(MODEL_SERVER_WORKERS=1, MODEL_SERVER_TIMEOUT=2)
     before = worker_pids(server)
-    response = requests.post(f"{server.url}/invocations", json={"text": "STALL here"},
-                             timeout=30)
-    check_error(response.status_code, response.headers, response.content, 504,
-                "model_timeout")
+    response = requests.post(f"{server.url}/invocations", json={"text": "STALL here"}, timeout=30)
+    check_error(response.status_code, response.headers, response.content, 504, "model_timeout")
     # WORKER_BACKSTOP_SECONDS (10) after the timeout, the watchdog ends the worker.
-    wait_until(lambda: worker_pids(server) and worker_pids(server) != before,
-               "the stuck worker was not replaced", timeout=40, interval=0.1)
+    wait_until(
+        lambda: worker_pids(server) and worker_pids(server) != before,
+        "the stuck worker was not replaced",
+        timeout=40,
+        interval=0.1,
+    )
     # The new worker may still be starting.
-    answer = retry_while_504(lambda: requests.post(f"{server.url}/invocations",
-                                                   json={"text": TEXTS[0]}, timeout=30))
+    answer = retry_while_504(
+        lambda: requests.post(f"{server.url}/invocations", json={"text": TEXTS[0]}, timeout=30)
+    )
     assert [e["text"] for e in answer.json()["entities"]] == ["Alice", "Acme", "Paris"]
     assert "the model is stuck" in server.logs()
     assert server.proc.poll() is None, "serve itself must keep running"
 
 
-@pytest.mark.parametrize("workers,characters,expected", [
-    # A 1 MB mini-batch on 2 workers: 2 x PARTS_PER_WORKER parts, not 7 of a whole merged
-    # call each.
-    (2, 700_000, -(-700_000 // (2 * PARTS_PER_WORKER))),
-    # A larger request: parts as large as one merged call may be, no larger.
-    (2, 10_000_000, 100_000),
-    # A little over one merged call: not below MIN_PART_CHARACTERS, each part costing a
-    # round trip.
-    (2, 120_000, MIN_PART_CHARACTERS),
-    # One merged call's worth: one group, not parts.
-    (2, 50_000, 100_000),
-    # One worker: no tail to shorten.
-    (1, 700_000, 100_000),
-])
+@pytest.mark.parametrize(
+    "workers,characters,expected",
+    [
+        # A 1 MB mini-batch on 2 workers: 2 x PARTS_PER_WORKER parts, not 7 of a whole merged
+        # call each.
+        (2, 700_000, -(-700_000 // (2 * PARTS_PER_WORKER))),
+        # A larger request: parts as large as one merged call may be, no larger.
+        (2, 10_000_000, 100_000),
+        # A little over one merged call: not below MIN_PART_CHARACTERS, each part costing a
+        # round trip.
+        (2, 120_000, MIN_PART_CHARACTERS),
+        # One merged call's worth: one group, not parts.
+        (2, 50_000, 100_000),
+        # One worker: no tail to shorten.
+        (1, 700_000, 100_000),
+    ],
+)
 def test_a_shared_request_is_cut_into_several_parts_per_worker(workers, characters, expected):
     fanout = Fanout(workers, threads=16)
     fanout.socket_path = "/run/gunicorn.sock"  # as worker.py sets it in a worker

@@ -47,8 +47,9 @@ def test_quick_run_writes_json_markdown_and_both_charts(quick_run):
     image_only = ("image size", "transform job", "large body")
     for goal in results["goals"]:
         assert f"| {goal['goal']} | {goal['target']} |" in md, goal["goal"]
-        assert goal["measured"] is not None or (results["meta"]["target"] == "host" and
-                                                goal["goal"].startswith(image_only))
+        assert goal["measured"] is not None or (
+            results["meta"]["target"] == "host" and goal["goal"].startswith(image_only)
+        )
     assert "## Large work: transform jobs, large bodies, long documents" in md
 
 
@@ -62,8 +63,13 @@ def test_in_ci_the_benchmark_runs_against_the_image(quick_run):
 def test_baseline_section_holds_positive_figures(quick_run):
     _, results, _ = quick_run
     base = results["baseline"]
-    for key in ("pipe_1", "pipe_n", "calls_n", "pipe_n_batches_of_64",
-                "pipe_n_batches_of_64_in_zones"):
+    for key in (
+        "pipe_1",
+        "pipe_n",
+        "calls_n",
+        "pipe_n_batches_of_64",
+        "pipe_n_batches_of_64_in_zones",
+    ):
         assert positive(base[key]["docs_per_s"]), key
         assert base[key]["docs"] == results["meta"]["corpus"]["sentences"]
     assert base["pipe_n"]["processes"] == results["meta"]["workers"]
@@ -177,8 +183,9 @@ def test_served_entities_equal_nlp_pipe_on_the_corpus(quick_run):
     from settings import Settings
 
     out, results, _ = quick_run
-    records = [json.loads(line) for line in
-               (out / "served-entities.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (out / "served-entities.jsonl").read_text().splitlines()
+    ]
     texts = [r["text"] for r in records]
     assert texts == corpus.sentences(results["meta"]["corpus"]["sentences"])
     nlp = pipeline.load(Settings.from_env({**os.environ, "SPACY_FULL_PIPELINE": "false"}))
@@ -209,8 +216,11 @@ def test_transform_jobs_answer_every_record_and_are_held_to_nlp_pipe(quick_run):
         for job in row["jobs"].values():
             assert job["status"] == "Completed"
             assert job["check"]["records"] == tr["records"] > 0
-            assert (job["check"]["error_lines"], job["check"]["wrong_ids"],
-                    job["check"]["mismatches"]) == (0, 0, 0), job["check"]["first"]
+            assert (
+                job["check"]["error_lines"],
+                job["check"]["wrong_ids"],
+                job["check"]["mismatches"],
+            ) == (0, 0, 0), job["check"]["first"]
             # The SDK's inference span lies inside the whole job, and local mode's own
             # time making mini-batches inside the span.
             assert 0 < job["inference_seconds"] <= job["seconds"]
@@ -258,6 +268,7 @@ def test_long_documents_are_compared_with_spacy_on_the_same_text(quick_run):
     # whole document finds the same entities as the one the benchmark compared with.
     import pipeline
     from settings import Settings
+
     nlp = pipeline.load(Settings.from_env({**os.environ, "SPACY_FULL_PIPELINE": "false"}))
     whole = long_docs.document(docs[0]["requested_chars"], texts)
     mine = {(e.start_char, e.end_char, e.label_) for e in nlp(whole).ents}

@@ -18,8 +18,9 @@ DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 
 
 def run(env, *args, timeout=900):
-    return subprocess.run([str(SCRIPT), *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
 
 
 @pytest.fixture
@@ -36,8 +37,9 @@ def tag(docker):
     """A tag of its own per test; its local images are removed afterwards."""
     tag = f"test-{uuid.uuid4().hex[:8]}"
     yield tag
-    refs = subprocess.run([docker, "images", "--format", "{{.Repository}}:{{.Tag}}"],
-                          capture_output=True, text=True).stdout.split()
+    refs = subprocess.run(
+        [docker, "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True
+    ).stdout.split()
     mine = [r for r in refs if r.endswith(f"/{NAME}:{tag}") or r == f"{NAME}:{tag}"]
     if mine:
         subprocess.run([docker, "rmi", *mine], capture_output=True)
@@ -57,7 +59,8 @@ def assert_pushed(result, registry, tag):
 
 
 def test_pushes_a_docker_v2_amd64_image_and_creates_the_missing_repository(
-        push_env, moto_server, local_registry, tag):
+    push_env, moto_server, local_registry, tag
+):
     ecr = moto_server.client("ecr")
     assert ecr.describe_repositories()["repositories"] == []
 
@@ -71,8 +74,11 @@ def test_pushes_a_docker_v2_amd64_image_and_creates_the_missing_repository(
 
 def test_an_existing_repository_is_used_as_it_is(push_env, moto_server, local_registry, tag):
     ecr = moto_server.client("ecr")
-    created = ecr.create_repository(repositoryName=NAME, imageTagMutability="IMMUTABLE",
-                                    tags=[{"Key": "owner", "Value": "someone-else"}])
+    created = ecr.create_repository(
+        repositoryName=NAME,
+        imageTagMutability="IMMUTABLE",
+        tags=[{"Key": "owner", "Value": "someone-else"}],
+    )
 
     result = run(push_env, NAME, tag)
 
@@ -85,12 +91,18 @@ def test_an_existing_repository_is_used_as_it_is(push_env, moto_server, local_re
 
 # --- error paths: each fails fast, names the failing tool, prints nothing on stdout ---
 
+
 def path_without(tmp_path, missing):
     """A PATH with only the tools the script uses up to its checks, minus `missing`."""
-    tools = {"bash": shutil.which("bash"), "dirname": shutil.which("dirname"),
-             "mktemp": shutil.which("mktemp"), "rm": shutil.which("rm"),
-             "tr": shutil.which("tr"), "docker": shutil.which("docker"),
-             "aws": shutil.which("aws", path=f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}")}
+    tools = {
+        "bash": shutil.which("bash"),
+        "dirname": shutil.which("dirname"),
+        "mktemp": shutil.which("mktemp"),
+        "rm": shutil.which("rm"),
+        "tr": shutil.which("tr"),
+        "docker": shutil.which("docker"),
+        "aws": shutil.which("aws", path=f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"),
+    }
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name, target in tools.items():
@@ -110,11 +122,14 @@ def offline_env(tmp_path):
     """No credentials anywhere, and an AWS endpoint where nothing listens: nothing can
     reach AWS even by mistake."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k != "DOCKER"}
-    env.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}",
-               AWS_CONFIG_FILE=str(tmp_path / "no-config"),
-               AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "no-credentials"),
-               AWS_EC2_METADATA_DISABLED="true", AWS_DEFAULT_REGION=REGION,
-               PATH=f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}")
+    env.update(
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}",
+        AWS_CONFIG_FILE=str(tmp_path / "no-config"),
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "no-credentials"),
+        AWS_EC2_METADATA_DISABLED="true",
+        AWS_DEFAULT_REGION=REGION,
+        PATH=f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}",
+    )
     return env
 
 

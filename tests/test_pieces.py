@@ -18,8 +18,10 @@ ENTITY = re.compile(r"New York|Alice|Acme Corp")
 
 
 def find(text):
-    return [{"text": m.group(), "label": "X", "start": m.start(), "end": m.end()}
-            for m in ENTITY.finditer(text)]
+    return [
+        {"text": m.group(), "label": "X", "start": m.start(), "end": m.end()}
+        for m in ENTITY.finditer(text)
+    ]
 
 
 def through_pieces(texts, size):
@@ -50,7 +52,7 @@ def test_a_text_within_the_size_is_one_piece_unchanged():
 def test_paragraph_breaks_are_preferred_and_pieces_cover_the_text():
     text = ("Alice said hello. " * 20 + "\n\n") * 10  # 10 paragraphs of 362 characters
     spans = pieces.cuts(text, 1000)
-    assert all(text[cut - 2:cut].strip() == "" for _, _, cut in spans)
+    assert all(text[cut - 2 : cut].strip() == "" for _, _, cut in spans)
     assert spans[0][0] == 0 and spans[-1][2] == len(text)
     assert all(a[2] == b[0] for a, b in itertools.pairwise(spans))  # consecutive
 

@@ -21,7 +21,9 @@ def test_spacy_model_wins_over_the_model_dir_and_the_default(tmp_path, tiny_mode
     shutil.copytree(tiny_model, tmp_path / "opt-ml-model")
     other = shutil.copytree(tiny_model, tmp_path / "other")
     assert pipeline.resolve(settings_for(tmp_path, SPACY_MODEL=str(other))) == (
-        str(other), "SPACY_MODEL")
+        str(other),
+        "SPACY_MODEL",
+    )
 
 
 def test_a_pipeline_at_the_root_of_the_model_dir_wins_over_the_default(tmp_path, tiny_model):
@@ -97,8 +99,14 @@ def real_models():
 def test_only_ner_runs_by_default_and_the_full_pipeline_on_request(real_models):
     trimmed, full = real_models
     assert trimmed.pipe_names == ["ner"]
-    assert full.pipe_names == ["tok2vec", "tagger", "parser", "attribute_ruler", "lemmatizer",
-                               "ner"]
+    assert full.pipe_names == [
+        "tok2vec",
+        "tagger",
+        "parser",
+        "attribute_ruler",
+        "lemmatizer",
+        "ner",
+    ]
 
 
 def test_the_trimmed_pipeline_finds_exactly_the_full_pipelines_entities(real_models):
@@ -122,11 +130,21 @@ def test_components_that_ner_listens_to_are_kept(tmp_path):
     nlp = spacy.blank("en")
     nlp.add_pipe("tok2vec")
     nlp.add_pipe("tagger")
-    config = {"model": {"@architectures": "spacy.TransitionBasedParser.v2",
-                        "state_type": "ner", "extra_state_tokens": False, "hidden_width": 16,
-                        "maxout_pieces": 2, "use_upper": True,
-                        "tok2vec": {"@architectures": "spacy.Tok2VecListener.v1",
-                                    "width": 96, "upstream": "tok2vec"}}}
+    config = {
+        "model": {
+            "@architectures": "spacy.TransitionBasedParser.v2",
+            "state_type": "ner",
+            "extra_state_tokens": False,
+            "hidden_width": 16,
+            "maxout_pieces": 2,
+            "use_upper": True,
+            "tok2vec": {
+                "@architectures": "spacy.Tok2VecListener.v1",
+                "width": 96,
+                "upstream": "tok2vec",
+            },
+        }
+    }
     nlp.add_pipe("ner", config=config)
     nlp.get_pipe("ner").add_label("ORG")
     nlp.get_pipe("tagger").add_label("NN")

@@ -24,20 +24,25 @@ CLIENTS = 8
 
 def texts_for(client, i):
     """Texts of words no model has seen, around sentences the tiny model knows."""
-    return [f"Order X{client}Q{i}Z{k} by Zorblax{i}v{k}c{client}. {TRAIN[(i + k) % 5][0]}"
-            for k in range(20)]
+    return [
+        f"Order X{client}Q{i}Z{k} by Zorblax{i}v{k}c{client}. {TRAIN[(i + k) % 5][0]}"
+        for k in range(20)
+    ]
 
 
 def worker_pids(server):
-    master = [p for p in psutil.Process(server.proc.pid).children()
-              if "gunicorn" in " ".join(p.cmdline())][0]
+    master = [
+        p for p in psutil.Process(server.proc.pid).children() if "gunicorn" in " ".join(p.cmdline())
+    ][0]
     return sorted(p.pid for p in master.children())
 
 
 def events(logs):
     """The recycle lines and gunicorn's worker exits, in log order: (what, pid)."""
-    pattern = re.compile(r"recycle (begins): pid (\d+)|recycle (ends): pid (\d+)"
-                         r"|Worker (exiting) \(pid: (\d+)\)")
+    pattern = re.compile(
+        r"recycle (begins): pid (\d+)|recycle (ends): pid (\d+)"
+        r"|Worker (exiting) \(pid: (\d+)\)"
+    )
     found = []
     for m in pattern.finditer(logs):
         what, pid = [g for g in m.groups() if g]
@@ -45,10 +50,8 @@ def events(logs):
     return found
 
 
-def test_workers_recycle_under_traffic_and_every_request_gets_its_answer(
-        start_server, tiny_model):
-    server = start_server(SPACY_MODEL=tiny_model, MODEL_SERVER_WORKERS=2,
-                          MODEL_SERVER_RECYCLE_MB=1)
+def test_workers_recycle_under_traffic_and_every_request_gets_its_answer(start_server, tiny_model):
+    server = start_server(SPACY_MODEL=tiny_model, MODEL_SERVER_WORKERS=2, MODEL_SERVER_RECYCLE_MB=1)
     started_with = worker_pids(server)
     nlp = spacy.load(tiny_model)
     url = f"{server.url}/invocations"
@@ -75,21 +78,22 @@ def test_workers_recycle_under_traffic_and_every_request_gets_its_answer(
         answers = [pair for f in futures for pair in f.result()]
 
     # Every request answered, with the entities nlp.pipe finds in its texts.
-    assert all(response.status_code == 200 for _, response in answers), \
-        {r.status_code: r.text[:200] for _, r in answers if r.status_code != 200}
+    assert all(response.status_code == 200 for _, response in answers), {
+        r.status_code: r.text[:200] for _, r in answers if r.status_code != 200
+    }
     for texts, response in answers:
         expected = [{"entities": entity_records(doc)} for doc in nlp.pipe(texts)]
         assert response.json()["results"] == expected
 
     # One worker recycles at a time: each begins, ends and exits before the next begins.
     log = events(server.logs())
-    recycles = [e for e in log if e[0] != "exiting" or any(
-        b == ("begins", e[1]) for b in log)]
+    recycles = [e for e in log if e[0] != "exiting" or any(b == ("begins", e[1]) for b in log)]
     assert len(recycles) >= 3 * RECYCLES
     for i in range(0, len(recycles) - len(recycles) % 3, 3):
         pid = recycles[i][1]
-        assert recycles[i:i + 3] == [("begins", pid), ("ends", pid), ("exiting", pid)], \
-            recycles[i:i + 6]
+        assert recycles[i : i + 3] == [("begins", pid), ("ends", pid), ("exiting", pid)], recycles[
+            i : i + 6
+        ]
 
     # The master keeps its two workers, new ones in place of the old.
     deadline = time.monotonic() + 30

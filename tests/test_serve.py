@@ -56,8 +56,9 @@ def invoke(server, body, timeout=60, **kwargs):
 
 def gunicorn_workers(server):
     """(master pid, worker pids) of the gunicorn that `serve` started."""
-    masters = [p for p in psutil.Process(server.proc.pid).children()
-               if "gunicorn" in " ".join(p.cmdline())]
+    masters = [
+        p for p in psutil.Process(server.proc.pid).children() if "gunicorn" in " ".join(p.cmdline())
+    ]
     assert len(masters) == 1, masters
     return masters[0].pid, sorted(p.pid for p in masters[0].children())
 
@@ -74,16 +75,19 @@ def batch_lasting(server, seconds):
     on any machine: as many characters (as model.work counts them) as the server says,
     in its start-up log, that one worker runs in that time. Paragraphs of batch_of's
     sentences, fewer than one merged call may take (MAX_TEXTS_PER_CALL)."""
-    rate = float(re.search(r"one worker runs about (\d+) characters a second",
-                           server.logs())[1])
+    rate = float(re.search(r"one worker runs about (\d+) characters a second", server.logs())[1])
     paragraphs = MAX_TEXTS_PER_CALL // 4
     # A paragraph's work: its sentences' characters but spaces (the first sentence has
     # the fewest), and TEXT_WORK once.
     least = work(batch_of(1)["texts"][0]) - TEXT_WORK
     per_paragraph = math.ceil(rate * seconds / (paragraphs * least))
     sentences = batch_of(paragraphs * per_paragraph)["texts"]
-    return {"texts": [" ".join(sentences[i:i + per_paragraph])
-                      for i in range(0, len(sentences), per_paragraph)]}
+    return {
+        "texts": [
+            " ".join(sentences[i : i + per_paragraph])
+            for i in range(0, len(sentences), per_paragraph)
+        ]
+    }
 
 
 def assert_port_free(port):
@@ -118,8 +122,9 @@ def test_the_real_model_finds_the_known_entities_through_nginx(server):
 
 def test_the_blog_posts_request_and_answer(server):
     response = invoke(server, {"input": APPLE})
-    assert response.json() == {"output": [["Apple", "ORG"], ["U.K.", "GPE"],
-                                          ["$1 billion", "MONEY"]]}
+    assert response.json() == {
+        "output": [["Apple", "ORG"], ["U.K.", "GPE"], ["$1 billion", "MONEY"]]
+    }
 
 
 def test_a_body_just_under_the_payload_limit_passes_nginx(server):
@@ -136,7 +141,8 @@ def test_a_body_just_under_the_payload_limit_passes_nginx(server):
 
 @each_bad_request
 def test_a_bad_request_gets_a_json_4xx_through_nginx(
-        server, name, method, path, headers, body, status, code):
+    server, name, method, path, headers, body, status, code
+):
     check_over_http(server.url, method, path, headers, body, status, code)
 
 
@@ -160,8 +166,12 @@ def test_nginx_answers_its_own_errors_in_json_too(server):
 def test_headers_larger_than_sagemaker_sends_reach_the_app(server):
     """Big headers, many headers and a long request line that nginx accepts must not meet
     gunicorn's smaller default limits (and its HTML page) behind it."""
-    response = requests.post(f"{server.url}/invocations{LONG_QUERY}", json={"text": APPLE},
-                             headers=LARGE_HEADERS, timeout=30)
+    response = requests.post(
+        f"{server.url}/invocations{LONG_QUERY}",
+        json={"text": APPLE},
+        headers=LARGE_HEADERS,
+        timeout=30,
+    )
     assert response.status_code == 200, response.text[:300]
     assert response.json() == {"entities": APPLE_ENTITIES}
     attributes = LARGE_HEADERS["X-Amzn-SageMaker-Custom-Attributes"]
@@ -175,8 +185,20 @@ def test_nginx_waits_for_a_worker_no_longer_than_model_server_timeout_at_any_ste
     conf = open(launch.render_nginx_conf(settings, str(tmp_path))).read()
     for directive in ("proxy_connect_timeout", "proxy_send_timeout", "proxy_read_timeout"):
         assert conf.count(f"{directive} ") == 1 and f"{directive} 123s;" in conf, directive
-    checked = subprocess.run([launch.find_nginx(), "-t", "-e", "stderr", "-p", str(tmp_path),
-                              "-c", str(tmp_path / "nginx.conf")], capture_output=True, text=True)
+    checked = subprocess.run(
+        [
+            launch.find_nginx(),
+            "-t",
+            "-e",
+            "stderr",
+            "-p",
+            str(tmp_path),
+            "-c",
+            str(tmp_path / "nginx.conf"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert checked.returncode == 0, checked.stderr
 
 
@@ -197,8 +219,7 @@ def test_nginx_s_own_500_is_json(server):
         response = invoke(server, {"texts": [" " * (2 * 1024 * 1024), APPLE]})
     finally:
         os.chmod(body_dir, mode)
-    check_error(response.status_code, response.headers, response.content, 500,
-                "internal_error")
+    check_error(response.status_code, response.headers, response.content, 500, "internal_error")
     assert response.json()["error"]["message"].startswith("nginx could not")  # not the app
     assert invoke(server, {"text": APPLE}).json() == {"entities": APPLE_ENTITIES}
 
@@ -213,8 +234,7 @@ def test_the_payload_limit_setting_reaches_nginx(start_server):
     small = start_server(SAGEMAKER_MAX_PAYLOAD_IN_MB=1, MODEL_SERVER_WORKERS=1)
     over_one_mib = {"texts": [" " * (1024 * 1024), APPLE]}
     response = invoke(small, over_one_mib)
-    check_error(response.status_code, response.headers, response.content, 413,
-                "payload_too_large")
+    check_error(response.status_code, response.headers, response.content, 413, "payload_too_large")
     unlimited = start_server(SAGEMAKER_MAX_PAYLOAD_IN_MB=0, MODEL_SERVER_WORKERS=1)
     seven_mib = {"texts": [" " * (900 * 1024)] * 8 + [APPLE]}
     response = invoke(unlimited, seven_mib)
@@ -232,26 +252,28 @@ def test_one_large_jsonlines_request_runs_in_parts_on_every_worker(server):
     texts = LONG_BATCH["texts"]
     body = "".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts))
     parts_before = server.logs().count(" part=True status=200 ")
-    response = requests.post(f"{server.url}/invocations", data=body.encode(), timeout=120,
-                             headers={"Content-Type": "application/jsonlines",
-                                      "Accept": "application/jsonlines"})
+    response = requests.post(
+        f"{server.url}/invocations",
+        data=body.encode(),
+        timeout=120,
+        headers={"Content-Type": "application/jsonlines", "Accept": "application/jsonlines"},
+    )
     assert response.status_code == 200, response.text[:300]
     answers = [json.loads(line) for line in response.text.splitlines()]
     assert [a["id"] for a in answers] == list(range(len(texts)))
     for answer in answers:
         text = texts[answer["id"]]
-        assert answer["entities"] and all(text[e["start"]:e["end"]] == e["text"]
-                                          for e in answer["entities"]), answer
+        assert answer["entities"] and all(
+            text[e["start"] : e["end"]] == e["text"] for e in answer["entities"]
+        ), answer
     # Each part's log line is written once its answer has gone.
-    expected = min(workers * PARTS_PER_WORKER,
-                   sum(len(t) for t in texts) // MIN_PART_CHARACTERS)
+    expected = min(workers * PARTS_PER_WORKER, sum(len(t) for t in texts) // MIN_PART_CHARACTERS)
 
     def part_lines():
         lines = [line for line in server.logs().splitlines() if " part=True status=200 " in line]
         return lines[parts_before:]
 
-    wait_until(lambda: len(part_lines()) >= expected, f"fewer than {expected} parts",
-               timeout=10)
+    wait_until(lambda: len(part_lines()) >= expected, f"fewer than {expected} parts", timeout=10)
     # "2026-12-02 18:19:23,950 <pid> INFO ner.predictor: invocation ...": more than one
     # worker ran them (a worker may have been recycled meanwhile, so not a fixed set).
     assert len({int(line.split()[2]) for line in part_lines()}) > 1
@@ -262,8 +284,11 @@ def test_ping_is_not_access_logged_but_invocations_are(server):
         requests.get(f"{server.url}/ping", timeout=2)
     invoke(server, {"text": APPLE})
     # nginx writes the access log line after the answer has gone: wait for it.
-    wait_until(lambda: '"POST /invocations HTTP/1.1" 200' in server.logs(),
-               "no access log line for POST /invocations", timeout=10)
+    wait_until(
+        lambda: '"POST /invocations HTTP/1.1" 200' in server.logs(),
+        "no access log line for POST /invocations",
+        timeout=10,
+    )
     assert "GET /ping" not in server.logs()
 
 
@@ -321,8 +346,12 @@ def stop_gunicorn(server):
     master, _ = gunicorn_workers(server)
     master = psutil.Process(master)
     master.send_signal(signal.SIGSTOP)
-    wait_until(lambda: master.status() == psutil.STATUS_STOPPED, "the master did not stop",
-               timeout=10, interval=0.01)
+    wait_until(
+        lambda: master.status() == psutil.STATUS_STOPPED,
+        "the master did not stop",
+        timeout=10,
+        interval=0.01,
+    )
     workers = master.children()
     assert workers, "gunicorn has no worker to stop"
     for p in workers:
@@ -341,8 +370,7 @@ def ping_statuses_until(server, deadline, stop=lambda status: False):
     return statuses
 
 
-def test_ping_says_503_while_every_gunicorn_process_is_stopped_and_200_once_resumed(
-        start_server):
+def test_ping_says_503_while_every_gunicorn_process_is_stopped_and_200_once_resumed(start_server):
     server = start_server(MODEL_SERVER_HEALTH_SECONDS=HEALTH_SECONDS)
     both_workers(server)
     processes = stop_gunicorn(server)
@@ -350,20 +378,22 @@ def test_ping_says_503_while_every_gunicorn_process_is_stopped_and_200_once_resu
     try:
         stopped = time.monotonic()
         statuses = ping_statuses_until(
-            server, stopped + HEALTH_SECONDS + HEALTH_SLACK + STALL_SLACK,
-            stop=lambda status: status == 503)
+            server,
+            stopped + HEALTH_SECONDS + HEALTH_SLACK + STALL_SLACK,
+            stop=lambda status: status == 503,
+        )
         assert statuses[-1] == 503, f"/ping still says {statuses[-1]} with every worker stopped"
         # Not long before the window: a worker's last beat came a second or so before.
         assert time.monotonic() - stopped >= HEALTH_SECONDS - 2
         response = requests.get(f"{server.url}/ping", timeout=2)
-        check_error(response.status_code, response.headers, response.content, 503,
-                    "no_worker")
+        check_error(response.status_code, response.headers, response.content, 503, "no_worker")
     finally:
         for p in processes:
             p.send_signal(signal.SIGCONT)
     resumed = time.monotonic()
-    statuses = ping_statuses_until(server, resumed + HEALTH_SLACK + STALL_SLACK,
-                                   stop=lambda status: status == 200)
+    statuses = ping_statuses_until(
+        server, resumed + HEALTH_SLACK + STALL_SLACK, stop=lambda status: status == 200
+    )
     assert statuses[-1] == 200, "/ping did not come back once the workers resumed"
     assert invoke(server, {"text": APPLE}).json() == {"entities": APPLE_ENTITIES}
     logs = server.logs()
@@ -380,15 +410,21 @@ def test_a_worker_busy_for_longer_than_the_health_window_keeps_ping_at_200(start
     # A loaded machine may take minutes; a 504 would end the busy time early. One thread a
     # worker, so that each worker takes one of the two requests; a batch cap over their
     # size, so that each runs whole in one call.
-    server = start_server(MODEL_SERVER_HEALTH_SECONDS=HEALTH_SECONDS, MODEL_SERVER_TIMEOUT=600,
-                          MODEL_SERVER_THREADS=1, MODEL_SERVER_BATCH_CHARACTERS=100_000_000)
+    server = start_server(
+        MODEL_SERVER_HEALTH_SECONDS=HEALTH_SECONDS,
+        MODEL_SERVER_TIMEOUT=600,
+        MODEL_SERVER_THREADS=1,
+        MODEL_SERVER_BATCH_CHARACTERS=100_000_000,
+    )
     both_workers(server)
     # Twice the window and its slack: room for a rate measured at start-up while the
     # machine was busier than it is now.
     batch = batch_lasting(server, 2 * (HEALTH_SECONDS + HEALTH_SLACK))
     answers = []
-    busy = [threading.Thread(target=lambda: answers.append(invoke(server, batch, timeout=600)))
-            for _ in range(2)]
+    busy = [
+        threading.Thread(target=lambda: answers.append(invoke(server, batch, timeout=600)))
+        for _ in range(2)
+    ]
     started = time.monotonic()
     for t in busy:
         t.start()
@@ -414,8 +450,9 @@ def test_replacing_the_only_worker_does_not_make_ping_503(start_server):
     _, [worker] = gunicorn_workers(server)
     psutil.Process(worker).send_signal(signal.SIGKILL)
     killed = time.monotonic()
-    statuses = ping_statuses_until(server, killed + window + HEALTH_SLACK + 1,
-                                   stop=lambda status: status != 200)
+    statuses = ping_statuses_until(
+        server, killed + window + HEALTH_SLACK + 1, stop=lambda status: status != 200
+    )
     assert set(statuses) == {200}, statuses
     _, workers = gunicorn_workers(server)
     assert len(workers) == 1 and workers != [worker]
@@ -446,15 +483,18 @@ def test_a_crash_looping_worker_makes_ping_503(start_server):
     try:
         started = time.monotonic()
         statuses = ping_statuses_until(
-            server, started + HEALTH_SECONDS + HEALTH_SLACK + STALL_SLACK,
-            stop=lambda status: status == 503)
+            server,
+            started + HEALTH_SECONDS + HEALTH_SLACK + STALL_SLACK,
+            stop=lambda status: status == 503,
+        )
     finally:
         looping.clear()
         killer.join()
     assert statuses[-1] == 503, f"/ping says {statuses[-1]} while workers crash-loop"
     assert len(set(killed)) > 3, "gunicorn did not restart the killed workers"
-    statuses = ping_statuses_until(server, time.monotonic() + HEALTH_SLACK + STALL_SLACK,
-                                   stop=lambda status: status == 200)
+    statuses = ping_statuses_until(
+        server, time.monotonic() + HEALTH_SLACK + STALL_SLACK, stop=lambda status: status == 200
+    )
     assert statuses[-1] == 200, "/ping did not come back once a worker could live"
     assert invoke(server, {"text": APPLE}).json() == {"entities": APPLE_ENTITIES}
 
@@ -462,9 +502,14 @@ def test_a_crash_looping_worker_makes_ping_503(start_server):
 def test_a_killed_worker_is_replaced_and_serving_goes_on(server):
     master, workers = gunicorn_workers(server)
     psutil.Process(workers[0]).send_signal(signal.SIGKILL)
-    wait_until(lambda: len(gunicorn_workers(server)[1]) == 2
-               and workers[0] not in gunicorn_workers(server)[1],
-               "gunicorn did not replace the killed worker", timeout=30, interval=0.1)
+    wait_until(
+        lambda: (
+            len(gunicorn_workers(server)[1]) == 2 and workers[0] not in gunicorn_workers(server)[1]
+        ),
+        "gunicorn did not replace the killed worker",
+        timeout=30,
+        interval=0.1,
+    )
     assert gunicorn_workers(server)[0] == master
     # Which worker takes a request is the kernel's choice: this checks that the server
     # answers with the new worker in place, not that the new worker took a request.
@@ -474,7 +519,8 @@ def test_a_killed_worker_is_replaced_and_serving_goes_on(server):
 
 @pytest.mark.parametrize("content_type", ["application/json", "application/jsonlines"])
 def test_a_request_too_large_for_the_timeout_gets_413_at_once_naming_the_setting(
-        start_server, content_type):
+    start_server, content_type
+):
     """Seconds of the real model's work against a 2 s timeout: refused before it runs,
     rather than a 504 (or a retried mini-batch) after the timeout."""
     # Not 1 s, which a stall of the machine could exceed even on the 413.
@@ -487,13 +533,16 @@ def test_a_request_too_large_for_the_timeout_gets_413_at_once_naming_the_setting
         body = json.dumps({"texts": texts})
     else:
         body = "".join(json.dumps(t) + "\n" for t in texts)
-    response = requests.post(f"{server.url}/invocations", data=body, timeout=60,
-                             headers={"Content-Type": content_type})
-    check_error(response.status_code, response.headers, response.content, 413,
-                "too_large_for_timeout")
+    response = requests.post(
+        f"{server.url}/invocations", data=body, timeout=60, headers={"Content-Type": content_type}
+    )
+    check_error(
+        response.status_code, response.headers, response.content, 413, "too_large_for_timeout"
+    )
     assert "MODEL_SERVER_TIMEOUT" in response.json()["error"]["message"]
     assert retry_while_504(lambda: invoke(server, {"text": APPLE})).json() == {
-        "entities": APPLE_ENTITIES}
+        "entities": APPLE_ENTITIES
+    }
     assert gunicorn_workers(server)[1] == before
 
 
@@ -505,14 +554,18 @@ def test_sagemaker_bind_to_port_moves_the_server(start_server):
     assert f"nginx on port {port}" in server.logs()
 
 
-def test_a_model_in_the_model_dir_takes_precedence_over_the_baked_one(start_server, tmp_path,
-                                                                       tiny_model):
+def test_a_model_in_the_model_dir_takes_precedence_over_the_baked_one(
+    start_server, tmp_path, tiny_model
+):
     model_dir = tmp_path / "opt-ml-model"
     shutil.copytree(tiny_model, model_dir / "model")  # as unpacked from model.tar.gz
     server = start_server(SM_MODEL_DIR=model_dir, MODEL_SERVER_WORKERS=1)
     entities = invoke(server, {"text": "Alice works at Acme in Paris."}).json()["entities"]
     assert [(e["text"], e["label"]) for e in entities] == [
-        ("Alice", "PERSON"), ("Acme", "ORG"), ("Paris", "GPE")]
+        ("Alice", "PERSON"),
+        ("Acme", "ORG"),
+        ("Paris", "GPE"),
+    ]
     # The tiny model knows no MONEY: the real model is not the one answering.
     assert "MONEY" not in invoke(server, {"text": APPLE}).text
     assert f"tiny_test_ner 0.0.1 from {model_dir / 'model'}" in server.logs()
@@ -533,7 +586,8 @@ def test_ping_says_503_until_the_model_is_loaded(start_server):
 
 
 def test_sigterm_lets_every_accepted_request_finish_then_exits_within_30_s(
-        serve_with_plugins, hold):
+    serve_with_plugins, hold
+):
     """One worker, three requests: one holding the model (test_hold), two queued behind
     it in the batcher. SIGTERM comes, nginx stops listening; only then is the model
     released. All three are answered, and serve exits 0."""
@@ -552,13 +606,16 @@ def test_sigterm_lets_every_accepted_request_finish_then_exits_within_30_s(
     wait_until(hold.holding, "the HOLD request never reached the model")
     for client in clients[1:]:
         client.start()
-    wait_until(lambda: "waits for the model: 2 queued" in server.logs(),
-               "the two other requests did not queue behind the held model")
+    wait_until(
+        lambda: "waits for the model: 2 queued" in server.logs(),
+        "the two other requests did not queue behind the held model",
+    )
     signalled = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
     # nginx closes its listening socket once it has begun its graceful stop.
-    wait_until(lambda: ping_status(server.port, timeout=0.5) is None,
-               "nginx kept listening after SIGTERM")
+    wait_until(
+        lambda: ping_status(server.port, timeout=0.5) is None, "nginx kept listening after SIGTERM"
+    )
     assert not answers, "a request was answered before the model was released"
     hold.release()
     server.proc.wait(timeout=30)
@@ -578,17 +635,23 @@ def test_serve_exits_when_nginx_dies(start_server):
     gunicorn_master, _ = gunicorn_workers(server)
     nginx[0].kill()  # the master only: its workers are orphaned and still listen
     assert server.proc.wait(timeout=30) == 1
-    assert not psutil.pid_exists(gunicorn_master) or \
-        psutil.Process(gunicorn_master).status() == psutil.STATUS_ZOMBIE
+    assert (
+        not psutil.pid_exists(gunicorn_master)
+        or psutil.Process(gunicorn_master).status() == psutil.STATUS_ZOMBIE
+    )
     assert "nginx exited" in server.logs()
     assert_port_free(server.port)
 
 
 def run_serve(env_extra, tmp_path):
     """Run serve to completion (for start-ups that must fail) and return (code, output)."""
-    done = subprocess.run([sys.executable, str(PROGRAM_DIR / "serve")],
-                          env=serve_env(tmp_path, **{"MODEL_SERVER_WORKERS": 1, **env_extra}),
-                          timeout=60, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, str(PROGRAM_DIR / "serve")],
+        env=serve_env(tmp_path, **{"MODEL_SERVER_WORKERS": 1, **env_extra}),
+        timeout=60,
+        capture_output=True,
+        text=True,
+    )
     return done.returncode, done.stdout + done.stderr
 
 
@@ -600,15 +663,19 @@ def test_a_bad_setting_stops_start_up_with_one_clear_line(tmp_path):
 
 def test_a_model_without_ner_stops_start_up_with_one_clear_line(tmp_path):
     import spacy
+
     spacy.blank("en").to_disk(tmp_path / "blank")
     code, output = run_serve({"SPACY_MODEL": str(tmp_path / "blank")}, tmp_path)
     assert code == 1  # serve's status when gunicorn, which could not load the app, exits
-    assert f"cannot start: model '{tmp_path / 'blank'}' (from SPACY_MODEL) has no " \
-           "named-entity component" in output
+    assert (
+        f"cannot start: model '{tmp_path / 'blank'}' (from SPACY_MODEL) has no "
+        "named-entity component" in output
+    )
 
 
 def test_workers_run_one_blas_thread_and_two_malloc_arenas_unless_the_user_says_otherwise(
-        server, start_server):
+    server, start_server
+):
     """The workers are the parallelism: numpy's OpenBLAS must not start one thread per CPU
     in each of them, nor glibc keep one malloc arena per request thread. A value the user
     sets is passed through unchanged."""
@@ -620,4 +687,3 @@ def test_workers_run_one_blas_thread_and_two_malloc_arenas_unless_the_user_says_
     mine = start_server(MODEL_SERVER_WORKERS=1, OPENBLAS_NUM_THREADS=2, MALLOC_ARENA_MAX=4)
     env = psutil.Process(gunicorn_workers(mine)[1][0]).environ()
     assert tuple(env[n] for n in names) == ("2", "1", "4")
-

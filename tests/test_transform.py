@@ -30,8 +30,13 @@ SAMPLE_EVERY = 97
 
 def sdk_containers(docker):
     """Every container on the network the SDK's local mode puts its containers on."""
-    return set(subprocess.run([docker, "ps", "-aq", "--filter", "network=sagemaker-local"],
-                              capture_output=True, text=True).stdout.split())
+    return set(
+        subprocess.run(
+            [docker, "ps", "-aq", "--filter", "network=sagemaker-local"],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+    )
 
 
 def write_inputs(folder):
@@ -60,13 +65,16 @@ def inputs(tmp_path_factory):
 def nlp():
     import pipeline
     from settings import Settings
+
     return pipeline.load(Settings.from_env({"SM_MODEL_DIR": "/nonexistent"}))
 
 
-@pytest.mark.parametrize("job", [{"MaxPayloadInMB": 6}, {}],
-                         ids=["max-payload-6", "execution-parameters"])
-def test_a_transform_job_of_two_8_mb_files_answers_every_record(docker, image, inputs, nlp,
-                                                                 tmp_path, job):
+@pytest.mark.parametrize(
+    "job", [{"MaxPayloadInMB": 6}, {}], ids=["max-payload-6", "execution-parameters"]
+)
+def test_a_transform_job_of_two_8_mb_files_answers_every_record(
+    docker, image, inputs, nlp, tmp_path, job
+):
     if not NOTEBOOK_PYTHON.exists():
         pytest.fail(f"{NOTEBOOK_PYTHON} is missing; run scripts/setup-notebook.sh")
     input_dir, records = inputs
@@ -76,9 +84,20 @@ def test_a_transform_job_of_two_8_mb_files_answers_every_record(docker, image, i
     env.update(AWS_EC2_METADATA_DISABLED="true", PYTHONPATH="")
     before = sdk_containers(docker)
     try:
-        result = subprocess.run([str(NOTEBOOK_PYTHON), str(DRIVER), image, str(input_dir),
-                                 str(output_dir), json.dumps(job)],
-                                capture_output=True, text=True, env=env, timeout=1800)
+        result = subprocess.run(
+            [
+                str(NOTEBOOK_PYTHON),
+                str(DRIVER),
+                image,
+                str(input_dir),
+                str(output_dir),
+                json.dumps(job),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=1800,
+        )
     finally:  # the SDK stops its container but leaves it behind
         started = sdk_containers(docker) - before
         if started:
@@ -99,11 +118,16 @@ def test_a_transform_job_of_two_8_mb_files_answers_every_record(docker, image, i
             assert "error" not in answer, (name, i, line)
             assert answer["id"] == record["id"], (name, i, line)
             for e in answer["entities"]:
-                assert record["text"][e["start"]:e["end"]] == e["text"], (record, e)
+                assert record["text"][e["start"] : e["end"]] == e["text"], (record, e)
             if i % SAMPLE_EVERY == 0:
                 sample_texts.append(record["text"])
                 sample_answers.append(answer["entities"])
     with nlp.memory_zone():
-        expected = [[{"text": e.text, "label": e.label_, "start": e.start_char,
-                      "end": e.end_char} for e in doc.ents] for doc in nlp.pipe(sample_texts)]
+        expected = [
+            [
+                {"text": e.text, "label": e.label_, "start": e.start_char, "end": e.end_char}
+                for e in doc.ents
+            ]
+            for doc in nlp.pipe(sample_texts)
+        ]
     assert sample_answers == expected

@@ -36,8 +36,9 @@ class App:
     them go."""
 
     def __init__(self):
-        self.runner = SimpleNamespace(batcher=SimpleNamespace(busy=False),
-                                      fanout=SimpleNamespace(socket_path=None))
+        self.runner = SimpleNamespace(
+            batcher=SimpleNamespace(busy=False), fanout=SimpleNamespace(socket_path=None)
+        )
         self.settings = SimpleNamespace(heartbeat_dir="")
         self.go = threading.Event()
         self.go.set()
@@ -81,9 +82,12 @@ def make_worker(tmp_path):
 
     def make():
         cfg = Config()
-        for name, value in (("bind", f"unix:{tmp_path}/gunicorn-{len(made)}.sock"),
-                            ("threads", THREADS), ("worker_connections", THREADS),
-                            ("keepalive", 0)):  # as serve starts gunicorn
+        for name, value in (
+            ("bind", f"unix:{tmp_path}/gunicorn-{len(made)}.sock"),
+            ("threads", THREADS),
+            ("worker_connections", THREADS),
+            ("keepalive", 0),
+        ):  # as serve starts gunicorn
             cfg.set(name, value)
         log = Logger(cfg)
         app = App()
@@ -148,14 +152,20 @@ def test_load_wsgi_hands_fanout_the_socket_every_worker_accepts_from(make_worker
 
 
 def test_the_loop_calls_the_override_of_accept_on_its_own_thread_and_a_busy_one_waits(
-        make_worker, monkeypatch):
+    make_worker, monkeypatch
+):
     """worker.py's accept runs where gthread's would: on the loop's thread, once per
     readable listener, before the connection is taken. So its short sleep while the model
     is busy is what lets an idle worker, woken for the same connection, take it first."""
     w = make_worker()
     slept = []
-    monkeypatch.setattr(worker_module, "time", SimpleNamespace(  # worker.py's time only
-        sleep=lambda seconds: slept.append((seconds, w.nr_conns))))
+    monkeypatch.setattr(
+        worker_module,
+        "time",
+        SimpleNamespace(  # worker.py's time only
+            sleep=lambda seconds: slept.append((seconds, w.nr_conns))
+        ),
+    )
     loop = Loop(w, monkeypatch)
     try:
         assert loop.watched == [w], "run() did not start recycle's watch for this worker"
@@ -217,7 +227,8 @@ def test_the_loop_beats_at_least_once_a_second_busy_or_not(make_worker, monkeypa
 
 
 def test_worker_connections_at_zero_stops_accepting_and_the_held_requests_are_answered(
-        make_worker, monkeypatch):
+    make_worker, monkeypatch
+):
     """recycle.py's drain: worker_connections = 0 and a wake-up make the loop's next pass
     unregister the listener (_accepting False); nr_conns counts the connections still
     held until they are answered; alive = False then ends the loop."""

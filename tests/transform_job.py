@@ -48,6 +48,7 @@ def _timed(pad):
             if batch is None:
                 return
             yield batch
+
     return timed_pad
 
 
@@ -57,9 +58,13 @@ MultiRecordStrategy.pad = _timed(MultiRecordStrategy.pad)
 def main(image, input_dir, output_dir, job):
     logging.getLogger("sagemaker").setLevel(os.environ.get("SDK_LOG", "WARNING"))
     # Telemetry off: a local run talks to nothing but Docker.
-    session = LocalSession(boto_session=boto3.Session(region_name="us-east-1"),
-                           sagemaker_config={"SchemaVersion": "1.0", "SageMaker": {
-                               "PythonSDK": {"Modules": {"TelemetryOptOut": True}}}})
+    session = LocalSession(
+        boto_session=boto3.Session(region_name="us-east-1"),
+        sagemaker_config={
+            "SchemaVersion": "1.0",
+            "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}},
+        },
+    )
     session.config = {"local": {"local_code": True}}
     sm = session.sagemaker_client
     name = f"spacy-ner-test-{uuid.uuid4().hex[:8]}"
@@ -67,21 +72,36 @@ def main(image, input_dir, output_dir, job):
     # which it mounts at /opt/ml/model: an empty folder serves the baked pipeline, as a
     # model without one does on AWS.
     no_model = tempfile.mkdtemp(prefix="no-model-")
-    sm.create_model(ModelName=name, ExecutionRoleArn="arn:aws:iam::123456789012:role/local",
-                    PrimaryContainer={"Image": image, "Environment": {},
-                                      "ModelDataUrl": Path(no_model).as_uri()})
+    sm.create_model(
+        ModelName=name,
+        ExecutionRoleArn="arn:aws:iam::123456789012:role/local",
+        PrimaryContainer={
+            "Image": image,
+            "Environment": {},
+            "ModelDataUrl": Path(no_model).as_uri(),
+        },
+    )
     started = time.monotonic()
     try:
         sm.create_transform_job(
-            TransformJobName=name, ModelName=name,
-            TransformInput={"DataSource": {"S3DataSource": {
-                "S3DataType": "S3Prefix", "S3Uri": Path(input_dir).as_uri()}},
-                "ContentType": "application/jsonlines", "SplitType": "Line"},
-            TransformOutput={"S3OutputPath": Path(output_dir).as_uri(),
-                             "Accept": "application/jsonlines", "AssembleWith": "Line"},
+            TransformJobName=name,
+            ModelName=name,
+            TransformInput={
+                "DataSource": {
+                    "S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": Path(input_dir).as_uri()}
+                },
+                "ContentType": "application/jsonlines",
+                "SplitType": "Line",
+            },
+            TransformOutput={
+                "S3OutputPath": Path(output_dir).as_uri(),
+                "Accept": "application/jsonlines",
+                "AssembleWith": "Line",
+            },
             TransformResources={"InstanceType": "local", "InstanceCount": 1},
             BatchStrategy="MultiRecord",
-            **job)
+            **job,
+        )
         described = sm.describe_transform_job(TransformJobName=name)
     finally:
         sm.delete_model(ModelName=name)
@@ -90,9 +110,17 @@ def main(image, input_dir, output_dir, job):
     # /execution-parameters) to its last answer written; the rest of `seconds` is the
     # container's start and stop.
     inference = (described["TransformEndTime"] - described["TransformStartTime"]).total_seconds()
-    print(json.dumps({"status": described["TransformJobStatus"], "seconds": seconds,
-                      "inference_seconds": inference, "batching_seconds": Batching.seconds,
-                      "max_payload_mb": Batching.max_payload_mb}))
+    print(
+        json.dumps(
+            {
+                "status": described["TransformJobStatus"],
+                "seconds": seconds,
+                "inference_seconds": inference,
+                "batching_seconds": Batching.seconds,
+                "max_payload_mb": Batching.max_payload_mb,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
