@@ -15,8 +15,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
+import psutil
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,29 +33,34 @@ class ServerError(RuntimeError):
     """The server did not come up; the message carries the end of its log."""
 
 
-def free_port():
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
-def in_ci():
+def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-def docker_ready():
+def docker_ready() -> bool:
     """A docker client is on PATH and its engine answers."""
     docker = shutil.which("docker")
-    return bool(docker) and subprocess.run([docker, "info"], capture_output=True).returncode == 0
+    return (
+        docker is not None and subprocess.run([docker, "info"], capture_output=True).returncode == 0
+    )
 
 
-def image_exists(image):
+def image_exists(image: str) -> bool:
     return (
         subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode == 0
     )
 
 
-def wait_until(condition, message, timeout=30, interval=0.01):
+def wait_until(
+    condition: Callable[[], object], message: str, timeout: float = 30, interval: float = 0.01
+) -> None:
     """Poll condition() until it is true; AssertionError(message) after timeout seconds.
     The one way the tests wait for something another thread or process does."""
     deadline = time.monotonic() + timeout
@@ -62,7 +70,7 @@ def wait_until(condition, message, timeout=30, interval=0.01):
         time.sleep(interval)
 
 
-def ping_status(port, timeout=1.0):
+def ping_status(port: int, timeout: float = 1.0) -> int | None:
     """The status of GET /ping on 127.0.0.1:port, or None while nothing answers."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
@@ -74,7 +82,9 @@ def ping_status(port, timeout=1.0):
         conn.close()
 
 
-def wait_for_ping(port, alive, timeout=120, interval=0.01):
+def wait_for_ping(
+    port: int, alive: Callable[[], bool], timeout: float = 120, interval: float = 0.01
+) -> None:
     """Poll /ping until 200; ServerError as soon as alive() says the server has exited,
     or after timeout seconds."""
     deadline = time.monotonic() + timeout
@@ -87,7 +97,7 @@ def wait_for_ping(port, alive, timeout=120, interval=0.01):
     raise ServerError(f"/ping on port {port} did not answer 200 within {timeout} s")
 
 
-def host_env(port, **extra):
+def host_env(port: int, **extra: object) -> dict[str, str]:
     """The environment for `serve` on this host: this interpreter's bin folder first (serve
     starts gunicorn beside the interpreter that runs it), Debian's nginx from /usr/sbin,
     the port; `extra` overrides any of it."""
@@ -103,7 +113,7 @@ def host_env(port, **extra):
 class HostProcess:
     """`serve` running on this host, its output in log_path (a file it may share)."""
 
-    def __init__(self, env, log_path):
+    def __init__(self, env: Mapping[str, str], log_path: str | os.PathLike[str]) -> None:
         self.port = int(env["SAGEMAKER_BIND_TO_PORT"])
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(log_path)
@@ -116,14 +126,24 @@ class HostProcess:
             start_new_session=True,
         )
 
-    def running(self):
+    def running(self) -> bool:
         return self.proc.poll() is None
 
-    def logs(self):
+    def gunicorn_workers(self) -> tuple[int, list[int]]:
+        """(master pid, worker pids) of the gunicorn that `serve` started."""
+        masters = [
+            p
+            for p in psutil.Process(self.proc.pid).children()
+            if "gunicorn" in " ".join(p.cmdline())
+        ]
+        assert len(masters) == 1, masters
+        return masters[0].pid, sorted(p.pid for p in masters[0].children())
+
+    def logs(self) -> str:
         self.log.flush()
         return self.log_path.read_text(errors="replace")
 
-    def wait_ready(self, timeout=120):
+    def wait_ready(self, timeout: float = 120) -> "HostProcess":
         """Wait for /ping; on failure stop the server and raise with its log."""
         try:
             wait_for_ping(self.port, self.running, timeout)
@@ -136,7 +156,7 @@ class HostProcess:
             ) from None
         return self
 
-    def stop(self):
+    def stop(self) -> None:
         """SIGTERM, as SageMaker stops it; SIGKILL to the whole group if it hangs."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -158,14 +178,14 @@ class Container:
 
     def __init__(
         self,
-        image,
-        run_args=(),
-        command=("serve",),
-        env=None,
-        inner_port=8080,
-        network="publish",
-        docker="docker",
-    ):
+        image: str,
+        run_args: Iterable[str] = (),
+        command: Iterable[str] = ("serve",),
+        env: Mapping[str, str] | None = None,
+        inner_port: int = 8080,
+        network: str = "publish",
+        docker: str = "docker",
+    ) -> None:
         self.docker, self.image = docker, image
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -180,7 +200,7 @@ class Container:
             "run", "-d", *net, *env_args, *run_args, image, *command
         ).stdout.strip()
 
-    def docker_cmd(self, *args, timeout=60):
+    def docker_cmd(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [self.docker, *args], capture_output=True, text=True, timeout=timeout
         )
@@ -188,11 +208,11 @@ class Container:
             raise ServerError(f"docker {' '.join(args[:2])} failed: {result.stderr.strip()}")
         return result
 
-    def logs(self):
+    def logs(self) -> str:
         result = subprocess.run([self.docker, "logs", self.id], capture_output=True, text=True)
         return result.stdout + result.stderr
 
-    def running(self):
+    def running(self) -> bool:
         out = subprocess.run(
             [self.docker, "inspect", "-f", "{{.State.Running}}", self.id],
             capture_output=True,
@@ -200,22 +220,22 @@ class Container:
         )
         return out.stdout.strip() == "true"
 
-    def wait_ready(self, timeout=120):
+    def wait_ready(self, timeout: float = 120) -> "Container":
         try:
             wait_for_ping(self.port, self.running, timeout)
         except ServerError as e:
             raise ServerError(f"{e}\n--- container log ---\n{self.logs()[-6000:]}") from None
         return self
 
-    def exec(self, *command):
+    def exec(self, *command: str) -> str:
         return self.docker_cmd("exec", self.id, *command).stdout
 
-    def stop(self):
+    def stop(self) -> None:
         """SIGTERM and up to 30 s to drain, as SageMaker allows; then remove."""
         subprocess.run([self.docker, "stop", "-t", "30", self.id], capture_output=True)
         self.remove()
 
-    def remove(self):
+    def remove(self) -> None:
         subprocess.run([self.docker, "rm", "-f", self.id], capture_output=True)
 
 
@@ -225,7 +245,14 @@ class MultiModelEndpoint(Container):
     (/opt/ml/models/<name>/model), and the calls SageMaker makes to load, invoke and unload
     a model (container/NER/manager.py). Each answers the `requests` response."""
 
-    def __init__(self, image, store, run_args=(), env=None, **kwargs):
+    def __init__(
+        self,
+        image: str,
+        store: str | os.PathLike[str],
+        run_args: Iterable[str] = (),
+        env: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(
             image,
             ("-v", f"{store}:/opt/ml/models:ro", *run_args),
@@ -233,21 +260,21 @@ class MultiModelEndpoint(Container):
             **kwargs,
         )
 
-    def load(self, name, folder=None, timeout=300):
+    def load(self, name: str, folder: str | None = None, timeout: float = 300) -> requests.Response:
         url = f"/opt/ml/models/{folder or name}/model"
         return requests.post(
             f"{self.url}/models", json={"model_name": name, "url": url}, timeout=timeout
         )
 
-    def invoke(self, name, body, timeout=60, **kwargs):
+    def invoke(self, name: str, body: Any, timeout: float = 60, **kwargs: Any) -> requests.Response:
         return requests.post(
             f"{self.url}/models/{name}/invoke", json=body, timeout=timeout, **kwargs
         )
 
-    def unload(self, name):
+    def unload(self, name: str) -> requests.Response:
         return requests.delete(f"{self.url}/models/{name}", timeout=60)
 
-    def listed(self):
+    def listed(self) -> list[str]:
         return [
             m["modelName"] for m in requests.get(f"{self.url}/models", timeout=10).json()["models"]
         ]

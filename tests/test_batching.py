@@ -14,7 +14,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import psutil
 import pytest
 import requests
 import spacy
@@ -358,20 +357,13 @@ def test_html_is_rendered_from_plain_records_after_the_zone_closed(app):
 # --- the same through the real serve ------------------------------------------------
 
 
-def worker_pids(server):
-    gunicorn = [
-        p for p in psutil.Process(server.proc.pid).children() if "gunicorn" in " ".join(p.cmdline())
-    ]
-    return sorted(p.pid for p in gunicorn[0].children())
-
-
 def test_a_request_over_the_timeout_gets_a_json_504_and_the_worker_survives(serve_with_plugins):
     """A short text that takes the model 3 s (test_sleep): nothing could have told in
     advance, so nginx answers 504 at MODEL_SERVER_TIMEOUT; the worker lives on."""
     # Less than test_sleep's 3 s; not 1 s, which a stall of the machine could exceed on
     # the request below that must answer 200.
     server = serve_with_plugins(MODEL_SERVER_TIMEOUT=2, MODEL_SERVER_WORKERS=1, LOG_LEVEL="DEBUG")
-    before = worker_pids(server)
+    before = server.gunicorn_workers()[1]
     calls = len(pipe_calls_logged(server))
     response = requests.post(f"{server.url}/invocations", json={"text": "SLEEP Alice"}, timeout=30)
     check_error(response.status_code, response.headers, response.content, 504, "model_timeout")
@@ -386,7 +378,7 @@ def test_a_request_over_the_timeout_gets_a_json_504_and_the_worker_survives(serv
         lambda: requests.post(f"{server.url}/invocations", json={"text": TEXTS[0]}, timeout=30)
     )
     assert answer.status_code == 200 and answer.json()["entities"]
-    assert worker_pids(server) == before
+    assert server.gunicorn_workers()[1] == before
 
 
 def pipe_calls_logged(server):
@@ -441,12 +433,12 @@ def test_a_worker_stuck_in_the_model_is_replaced(serve_with_plugins):
     # test_stall never returns, so any timeout is over; not 1 s, which a stall of the
     # machine could exceed on the request below that must answer 200.
     server = serve_with_plugins(MODEL_SERVER_WORKERS=1, MODEL_SERVER_TIMEOUT=2)
-    before = worker_pids(server)
+    before = server.gunicorn_workers()[1]
     response = requests.post(f"{server.url}/invocations", json={"text": "STALL here"}, timeout=30)
     check_error(response.status_code, response.headers, response.content, 504, "model_timeout")
     # WORKER_BACKSTOP_SECONDS (10) after the timeout, the watchdog ends the worker.
     wait_until(
-        lambda: worker_pids(server) and worker_pids(server) != before,
+        lambda: server.gunicorn_workers()[1] and server.gunicorn_workers()[1] != before,
         "the stuck worker was not replaced",
         timeout=40,
         interval=0.1,

@@ -11,7 +11,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import psutil
 import requests
 import spacy
 
@@ -30,13 +29,6 @@ def texts_for(client, i):
     ]
 
 
-def worker_pids(server):
-    master = [
-        p for p in psutil.Process(server.proc.pid).children() if "gunicorn" in " ".join(p.cmdline())
-    ][0]
-    return sorted(p.pid for p in master.children())
-
-
 def events(logs):
     """The recycle lines and gunicorn's worker exits, in log order: (what, pid)."""
     pattern = re.compile(
@@ -52,7 +44,7 @@ def events(logs):
 
 def test_workers_recycle_under_traffic_and_every_request_gets_its_answer(start_server, tiny_model):
     server = start_server(SPACY_MODEL=tiny_model, MODEL_SERVER_WORKERS=2, MODEL_SERVER_RECYCLE_MB=1)
-    started_with = worker_pids(server)
+    started_with = server.gunicorn_workers()[1]
     nlp = spacy.load(tiny_model)
     url = f"{server.url}/invocations"
     stop = threading.Event()
@@ -97,8 +89,8 @@ def test_workers_recycle_under_traffic_and_every_request_gets_its_answer(start_s
 
     # The master keeps its two workers, new ones in place of the old.
     deadline = time.monotonic() + 30
-    while len(worker_pids(server)) != 2:
-        assert time.monotonic() < deadline, f"workers now: {worker_pids(server)}"
+    while len(server.gunicorn_workers()[1]) != 2:
+        assert time.monotonic() < deadline, f"workers now: {server.gunicorn_workers()[1]}"
         time.sleep(0.1)
-    assert set(worker_pids(server)) != set(started_with)
+    assert set(server.gunicorn_workers()[1]) != set(started_with)
     assert server.running()

@@ -54,20 +54,11 @@ def invoke(server, body, timeout=60, **kwargs):
     return requests.post(f"{server.url}/invocations", json=body, timeout=timeout, **kwargs)
 
 
-def gunicorn_workers(server):
-    """(master pid, worker pids) of the gunicorn that `serve` started."""
-    masters = [
-        p for p in psutil.Process(server.proc.pid).children() if "gunicorn" in " ".join(p.cmdline())
-    ]
-    assert len(masters) == 1, masters
-    return masters[0].pid, sorted(p.pid for p in masters[0].children())
-
-
 def both_workers(server):
     """(master pid, worker pids) once gunicorn runs both default workers: /ping says 200
     once one worker answers, and with --preload the other may still be forking then."""
-    wait_until(lambda: len(gunicorn_workers(server)[1]) == 2, "gunicorn started no 2 workers")
-    return gunicorn_workers(server)
+    wait_until(lambda: len(server.gunicorn_workers()[1]) == 2, "gunicorn started no 2 workers")
+    return server.gunicorn_workers()
 
 
 def batch_lasting(server, seconds):
@@ -147,10 +138,10 @@ def test_a_bad_request_gets_a_json_4xx_through_nginx(
 
 
 def test_after_every_bad_request_the_same_workers_still_answer(server):
-    before = gunicorn_workers(server)
+    before = server.gunicorn_workers()
     send_every_bad_request(server.url)
     assert invoke(server, {"text": APPLE}).json() == {"entities": APPLE_ENTITIES}
-    assert gunicorn_workers(server) == before, "a worker died and was replaced"
+    assert server.gunicorn_workers() == before, "a worker died and was replaced"
     assert "Traceback" not in server.logs()
 
 
@@ -343,7 +334,7 @@ def stop_gunicorn(server):
     """SIGSTOP the gunicorn master, then every worker it has: the master first, so that it
     cannot fork a worker after the list is read (with --preload the first worker answers
     before the second is forked, so a server that just said 200 may still be forking)."""
-    master, _ = gunicorn_workers(server)
+    master, _ = server.gunicorn_workers()
     master = psutil.Process(master)
     master.send_signal(signal.SIGSTOP)
     wait_until(
@@ -447,14 +438,14 @@ def test_replacing_the_only_worker_does_not_make_ping_503(start_server):
     # of the machine of a few seconds meanwhile would make the 503 real.
     window = 10
     server = start_server(MODEL_SERVER_WORKERS=1, MODEL_SERVER_HEALTH_SECONDS=window)
-    _, [worker] = gunicorn_workers(server)
+    _, [worker] = server.gunicorn_workers()
     psutil.Process(worker).send_signal(signal.SIGKILL)
     killed = time.monotonic()
     statuses = ping_statuses_until(
         server, killed + window + HEALTH_SLACK + 1, stop=lambda status: status != 200
     )
     assert set(statuses) == {200}, statuses
-    _, workers = gunicorn_workers(server)
+    _, workers = server.gunicorn_workers()
     assert len(workers) == 1 and workers != [worker]
     assert invoke(server, {"text": APPLE}).json() == {"entities": APPLE_ENTITIES}
 
@@ -463,7 +454,7 @@ def test_a_crash_looping_worker_makes_ping_503(start_server):
     """Every new worker is killed as soon as it appears, as the OOM killer would under
     traffic: a worker that lives only a moment does not count as able."""
     server = start_server(MODEL_SERVER_WORKERS=1, MODEL_SERVER_HEALTH_SECONDS=HEALTH_SECONDS)
-    master = psutil.Process(gunicorn_workers(server)[0])
+    master = psutil.Process(server.gunicorn_workers()[0])
     looping = threading.Event()
     looping.set()
     killed = []
@@ -500,17 +491,18 @@ def test_a_crash_looping_worker_makes_ping_503(start_server):
 
 
 def test_a_killed_worker_is_replaced_and_serving_goes_on(server):
-    master, workers = gunicorn_workers(server)
+    master, workers = server.gunicorn_workers()
     psutil.Process(workers[0]).send_signal(signal.SIGKILL)
     wait_until(
         lambda: (
-            len(gunicorn_workers(server)[1]) == 2 and workers[0] not in gunicorn_workers(server)[1]
+            len(server.gunicorn_workers()[1]) == 2
+            and workers[0] not in server.gunicorn_workers()[1]
         ),
         "gunicorn did not replace the killed worker",
         timeout=30,
         interval=0.1,
     )
-    assert gunicorn_workers(server)[0] == master
+    assert server.gunicorn_workers()[0] == master
     # Which worker takes a request is the kernel's choice: this checks that the server
     # answers with the new worker in place, not that the new worker took a request.
     for _ in range(4):
@@ -526,7 +518,7 @@ def test_a_request_too_large_for_the_timeout_gets_413_at_once_naming_the_setting
     # Not 1 s, which a stall of the machine could exceed even on the 413.
     timeout = 2
     server = start_server(MODEL_SERVER_TIMEOUT=timeout, MODEL_SERVER_WORKERS=1)
-    _, before = gunicorn_workers(server)
+    _, before = server.gunicorn_workers()
     # Twice the timeout by the rate the server refuses by, whatever this machine's speed.
     texts = batch_lasting(server, 2 * timeout)["texts"]
     if content_type == "application/json":
@@ -543,7 +535,7 @@ def test_a_request_too_large_for_the_timeout_gets_413_at_once_naming_the_setting
     assert retry_while_504(lambda: invoke(server, {"text": APPLE})).json() == {
         "entities": APPLE_ENTITIES
     }
-    assert gunicorn_workers(server)[1] == before
+    assert server.gunicorn_workers()[1] == before
 
 
 def test_sagemaker_bind_to_port_moves_the_server(start_server):
@@ -632,7 +624,7 @@ def test_sigterm_lets_every_accepted_request_finish_then_exits_within_30_s(
 def test_serve_exits_when_nginx_dies(start_server):
     server = start_server(MODEL_SERVER_WORKERS=1)
     nginx = [p for p in psutil.Process(server.proc.pid).children() if p.name() == "nginx"]
-    gunicorn_master, _ = gunicorn_workers(server)
+    gunicorn_master, _ = server.gunicorn_workers()
     nginx[0].kill()  # the master only: its workers are orphaned and still listen
     assert server.proc.wait(timeout=30) == 1
     assert (
@@ -680,10 +672,10 @@ def test_workers_run_one_blas_thread_and_two_malloc_arenas_unless_the_user_says_
     in each of them, nor glibc keep one malloc arena per request thread. A value the user
     sets is passed through unchanged."""
     names = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MALLOC_ARENA_MAX")
-    _, workers = gunicorn_workers(server)
+    _, workers = server.gunicorn_workers()
     for pid in workers:
         env = psutil.Process(pid).environ()
         assert tuple(env.get(n) for n in names) == ("1", "1", "2")
     mine = start_server(MODEL_SERVER_WORKERS=1, OPENBLAS_NUM_THREADS=2, MALLOC_ARENA_MAX=4)
-    env = psutil.Process(gunicorn_workers(mine)[1][0]).environ()
+    env = psutil.Process(mine.gunicorn_workers()[1][0]).environ()
     assert tuple(env[n] for n in names) == ("2", "1", "4")
