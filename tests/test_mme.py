@@ -24,6 +24,7 @@ from bad_requests import BAD_REQUESTS, check_over_http
 from conftest import ROOT, wait_until
 from harness import servers
 from test_container import gunicorn_processes
+from tuning import MIB, RESERVE_BYTES
 
 # What the tiny model (conftest.train_tiny_model) finds in one of its training sentences.
 TINY_TEXT = "Alice works at Acme in Paris."
@@ -34,6 +35,8 @@ TINY_ENTITIES = [
 ]
 # Copies of the tiny model, for the tests that load several at once or until memory runs out.
 COPIES = 12
+# The manager's log line for a load that is done: its highest PSS and the estimate it had.
+LOAD_LOG = re.compile(r"at most (\d+) MB while loading; estimated (\d+) MB")
 NOTEBOOK_PYTHON = ROOT / ".venv-notebook" / "bin" / "python"
 # The real pipelines (store: "en", "fr"), each with a sentence and what it finds there.
 REAL = {
@@ -416,14 +419,17 @@ def test_the_english_and_french_pipelines_answer_and_unloading_gives_their_memor
 
 
 def test_a_load_that_does_not_fit_the_memory_limit_is_507_and_the_container_lives(start_endpoint):
-    # The limit: the idle container and room for about three tiny models, as measured on
-    # this image, so that some loads fit and a later one does not.
+    # The limit, from a probe of this image: the idle container, the reserve the manager
+    # keeps, what it asks free for a load (its first guess, or the load's highest PSS that
+    # corrects it, whichever is larger: both are in the probe's log) and room for two and a
+    # half tiny models more, so that the first loads fit and a later one does not.
     probe = start_endpoint()
     idle = probe.memory_in_use()
     assert probe.load("tiny-0").status_code == 200
     one = probe.memory_in_use() - idle
+    asked = max(int(mb) for mb in LOAD_LOG.search(probe.logs()).groups()) * MIB
     probe.remove()
-    limit_mb = int(idle + 3.5 * one) // 2**20
+    limit_mb = int(idle + RESERVE_BYTES + asked + 2.5 * one) // MIB
     e = start_endpoint(run_args=("--memory", f"{limit_mb}m", "--memory-swap", f"{limit_mb}m"))
     loaded, refused = [], None
     for i in range(COPIES):
