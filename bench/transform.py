@@ -13,16 +13,15 @@ in-process yardstick (baseline.py, inside the image) runs exactly the same texts
 """
 
 import json
-import os
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOK_PYTHON = ROOT / ".venv-notebook" / "bin" / "python"
-DRIVER = ROOT / "tests" / "transform_job.py"
+sys.path.insert(0, str(ROOT))
+from harness import transform_job  # noqa: E402
+
 FILES = 2
 LOCAL_MODE_PORT = 8080
 PORT_WAIT_SECONDS = 900
@@ -71,9 +70,9 @@ def _port_in_use():
 
 def run_job(image, input_dir, output_dir, job):
     """{"status", "seconds"} of one local-mode transform job (tests/transform_job.py)."""
-    if not NOTEBOOK_PYTHON.exists():
+    if not transform_job.NOTEBOOK_PYTHON.exists():
         raise SystemExit(
-            f"bench: {NOTEBOOK_PYTHON} is missing (scripts/setup-notebook.sh); "
+            f"bench: {transform_job.NOTEBOOK_PYTHON} is missing (scripts/setup-notebook.sh); "
             "the transform job needs the SageMaker SDK"
         )
     # Local mode publishes the container's port 8080 on the host and sends every request
@@ -88,27 +87,7 @@ def run_job(image, input_dir, output_dir, job):
                 "job needs it"
             )
         time.sleep(5)
-    # As tests/test_transform.py runs it: no AWS credentials or endpoints reach the SDK.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(
-        AWS_EC2_METADATA_DISABLED="true",
-        PYTHONPATH="",
-        PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
-    )
-    out = subprocess.run(
-        [
-            str(NOTEBOOK_PYTHON),
-            str(DRIVER),
-            image,
-            str(input_dir),
-            str(output_dir),
-            json.dumps(job),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=3600,
-    )
+    out = transform_job.run(image, input_dir, output_dir, job, timeout=3600)
     if out.returncode:
         raise SystemExit(f"bench: the transform job {job} failed: {out.stderr[-6000:]}")
     return json.loads(out.stdout.splitlines()[-1])

@@ -29,6 +29,28 @@ from harness.servers import (  # noqa: E402,F401 (re-exported for the test modul
     wait_until,
 )
 
+
+def nginx_test(folder):
+    """`nginx -t` (check the configuration, start nothing) on folder/nginx.conf, with
+    folder as nginx's prefix, as serve starts nginx on the file it renders there."""
+    import launch
+
+    return subprocess.run(
+        [
+            launch.find_nginx(),
+            "-t",
+            "-e",
+            "stderr",
+            "-p",
+            str(folder),
+            "-c",
+            str(folder / "nginx.conf"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+
+
 # Sentences whose entities the tiny model learns; the tests ask for these back.
 TRAIN = [
     ("Alice works at Acme in Paris.", [(0, 5, "PERSON"), (15, 19, "ORG"), (23, 28, "GPE")]),

@@ -13,7 +13,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import sys
 import textwrap
 import threading
@@ -26,7 +25,7 @@ import launch
 import manager_http
 import model_names
 import procfs
-from conftest import wait_until
+from conftest import nginx_test, wait_until
 from manager import Manager, paginate
 from model_process import model_env
 from protocol import ApiError
@@ -236,20 +235,7 @@ def test_the_rendered_nginx_conf_holds_one_mode_and_nginx_accepts_it(tmp_path, m
     # One copy of what every proxied request gets, whichever mode.
     for directive in ("proxy_send_timeout", "proxy_http_version", "client_max_body_size"):
         assert conf.count(f"{directive} ") == 1, directive
-    checked = subprocess.run(
-        [
-            launch.find_nginx(),
-            "-t",
-            "-e",
-            "stderr",
-            "-p",
-            str(tmp_path),
-            "-c",
-            str(tmp_path / "nginx.conf"),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    checked = nginx_test(tmp_path)
     assert checked.returncode == 0, checked.stderr
 
 

@@ -34,6 +34,7 @@ from conftest import (
     PROGRAM_DIR,
     TRAIN,
     free_port,
+    nginx_test,
     retry_while_504,
     serve_env,
     start_host_server,
@@ -176,20 +177,7 @@ def test_nginx_waits_for_a_worker_no_longer_than_model_server_timeout_at_any_ste
     conf = open(launch.render_nginx_conf(settings, str(tmp_path))).read()
     for directive in ("proxy_connect_timeout", "proxy_send_timeout", "proxy_read_timeout"):
         assert conf.count(f"{directive} ") == 1 and f"{directive} 123s;" in conf, directive
-    checked = subprocess.run(
-        [
-            launch.find_nginx(),
-            "-t",
-            "-e",
-            "stderr",
-            "-p",
-            str(tmp_path),
-            "-c",
-            str(tmp_path / "nginx.conf"),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    checked = nginx_test(tmp_path)
     assert checked.returncode == 0, checked.stderr
 
 

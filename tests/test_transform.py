@@ -15,14 +15,12 @@ import sys
 import pytest
 
 from conftest import ROOT
-from harness.servers import host_env
+from harness import transform_job
 
 sys.path.insert(0, str(ROOT / "bench"))
 import corpus  # noqa: E402
 from tuning import SUGGESTED_MAX_PAYLOAD_MB  # noqa: E402
 
-NOTEBOOK_PYTHON = ROOT / ".venv-notebook" / "bin" / "python"
-DRIVER = ROOT / "tests" / "transform_job.py"
 FILE_BYTES = 8 * 1024 * 1024
 # Every this many records, the entities are compared with in-process spaCy's.
 SAMPLE_EVERY = 97
@@ -75,29 +73,14 @@ def nlp():
 def test_a_transform_job_of_two_8_mb_files_answers_every_record(
     docker, image, inputs, nlp, tmp_path, job
 ):
-    if not NOTEBOOK_PYTHON.exists():
-        pytest.fail(f"{NOTEBOOK_PYTHON} is missing; run scripts/setup-notebook.sh")
+    if not transform_job.NOTEBOOK_PYTHON.exists():
+        pytest.fail(f"{transform_job.NOTEBOOK_PYTHON} is missing; run scripts/setup-notebook.sh")
     input_dir, records = inputs
     output_dir = tmp_path / "output"
     output_dir.mkdir()
-    env = {k: v for k, v in host_env(0).items() if not k.startswith("AWS_")}
-    env.update(AWS_EC2_METADATA_DISABLED="true", PYTHONPATH="")
     before = sdk_containers(docker)
     try:
-        result = subprocess.run(
-            [
-                str(NOTEBOOK_PYTHON),
-                str(DRIVER),
-                image,
-                str(input_dir),
-                str(output_dir),
-                json.dumps(job),
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=1800,
-        )
+        result = transform_job.run(image, input_dir, output_dir, job, timeout=1800)
     finally:  # the SDK stops its container but leaves it behind
         started = sdk_containers(docker) - before
         if started:
