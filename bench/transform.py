@@ -19,9 +19,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from harness import transform_job  # noqa: E402
-
 FILES = 2
 LOCAL_MODE_PORT = 8080
 PORT_WAIT_SECONDS = 900
@@ -70,6 +67,11 @@ def _port_in_use():
 
 def run_job(image, input_dir, output_dir, job):
     """{"status", "seconds"} of one local-mode transform job (tests/transform_job.py)."""
+    # Imported here, on the host: baseline.py imports this module inside the image, where
+    # only bench/ is mounted.
+    sys.path.insert(0, str(ROOT))
+    from harness import transform_job
+
     if not transform_job.NOTEBOOK_PYTHON.exists():
         raise SystemExit(
             f"bench: {transform_job.NOTEBOOK_PYTHON} is missing (scripts/setup-notebook.sh); "
