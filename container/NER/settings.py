@@ -124,8 +124,9 @@ class Settings:
     # Requests a worker can hold and merge into one call: enough for batches whose cost per
     # text is near nlp.pipe's best (bench/README.md measures it).
     threads: int
-    # Around a second of a small CPU pipeline's work on one core: a request merged with
-    # others waits at most about one such call for them.
+    # Small enough that a request merged with others waits at most one short call for
+    # them, large enough that a call amortises nlp.pipe's fixed cost (bench/README.md
+    # measures both for the default).
     batch_characters: int
     # A longer text is cut into pieces of at most this many characters (pieces.py; fewer
     # where the unit it goes in is smaller: cutting.py), at most the batch cap by default,
