@@ -69,7 +69,8 @@ def run_job(image, input_dir, output_dir, job):
     """{"status", "seconds"} of one local-mode transform job (tests/transform_job.py)."""
     # Imported here, on the host: baseline.py imports this module inside the image, where
     # only bench/ is mounted.
-    sys.path.insert(0, str(ROOT))
+    if str(ROOT) not in sys.path:  # once, however many jobs run
+        sys.path.insert(0, str(ROOT))
     from harness import transform_job
 
     if not transform_job.NOTEBOOK_PYTHON.exists():
