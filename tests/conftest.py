@@ -139,6 +139,15 @@ def start_server(tmp_path):
 
 
 @pytest.fixture(scope="session")
+def spancat_model(tmp_path_factory):
+    """A real tok2vec + ner + spancat pipeline (harness.pipelines), overlapping spans with
+    scores under harness.pipelines.SPANS_KEY."""
+    from harness.pipelines import spancat_pipeline
+
+    return spancat_pipeline(tmp_path_factory.mktemp("models") / "spancat")
+
+
+@pytest.fixture(scope="session")
 def misbehaving_model(tiny_model, tmp_path_factory):
     """The tiny NER pipeline plus test_raise, test_stall, test_hold, test_sleep,
     test_exit and test_count (tests/plugins/ner_test_components.py)."""

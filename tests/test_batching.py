@@ -310,7 +310,7 @@ def test_a_request_cut_by_the_cap_that_fails_leaves_the_model_to_the_next(marker
         with pytest.raises((RuntimeError, PipelineError)):
             batcher.predict(["a" * 10, f"{marker} b", "c" * 10])
         assert not batcher.busy and batcher.queued() == 0
-        assert batcher.predict(["hello"]) == [[]]
+        assert batcher.predict(["hello"]) == [{"entities": []}]
     finally:
         batcher.close()
 

@@ -228,7 +228,7 @@ def test_a_bad_invocation_gets_the_single_model_servers_json_4xx(endpoint, row):
 @pytest.mark.parametrize(
     "folder,code,reason",
     [
-        ("blank", "model_invalid", "no named-entity component"),
+        ("blank", "model_invalid", "sets doc.ents or writes doc.spans"),
         ("junk", "model_invalid", "no spaCy pipeline"),
         ("missing", "model_invalid", "is not a folder"),
     ],

@@ -24,10 +24,31 @@ def find(text):
     ]
 
 
+# Spans, unlike entities, may overlap each other (as spancat's do): each pattern finds its
+# own, wherever another's lie.
+SPANS = [re.compile(p) for p in (r"New York", r"York", r"Acme Corp", r"Corp", r"met in")]
+
+
+def answer(text):
+    """A text's answer as results.py makes it: entities, and spans under one key."""
+    spans = [
+        {"text": m.group(), "label": p.pattern, "start": m.start(), "end": m.end(), "score": 0.5}
+        for p in SPANS
+        for m in p.finditer(text)
+    ]
+    spans.sort(key=lambda s: (s["start"], s["end"]))
+    return {"entities": find(text), "spans": {"sc": spans}}
+
+
 def through_pieces(texts, size):
     parts, plan = pieces.split(texts, size)
     assert all(len(p) <= size for p in parts)
-    return pieces.put_back([find(p) for p in parts], plan)
+    return [r["entities"] for r in pieces.put_back([{"entities": find(p)} for p in parts], plan)]
+
+
+def spans_through_pieces(texts, size):
+    parts, plan = pieces.split(texts, size)
+    return pieces.put_back([answer(p) for p in parts], plan)
 
 
 def random_text(rng, n):
@@ -42,6 +63,19 @@ def test_entities_through_pieces_are_those_of_the_whole_text(seed):
     texts = [random_text(rng, rng.randint(1, 800)) for _ in range(3)]
     size = rng.choice([401, 500, 777, 1000, 5000])
     assert through_pieces(texts, size) == [find(t) for t in texts]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_overlapping_spans_through_pieces_are_those_of_the_whole_text(seed):
+    """Spans that overlap each other and the cuts come back once each, with their
+    scores, offsets on the whole text, as if it had run whole."""
+    rng = random.Random(seed)
+    texts = [random_text(rng, rng.randint(1, 800)) for _ in range(3)]
+    size = rng.choice([401, 500, 777, 1000])
+    got = spans_through_pieces(texts, size)
+    assert got == [answer(t) for t in texts]
+    for text, result in zip(texts, got, strict=True):
+        assert all(text[s["start"] : s["end"]] == s["text"] for s in result["spans"]["sc"])
 
 
 def test_a_text_within_the_size_is_one_piece_unchanged():

@@ -76,7 +76,7 @@ def test_a_pipeline_without_ner_stops_start_up(tmp_path):
     nlp = spacy.blank("en")
     nlp.add_pipe("sentencizer")
     nlp.to_disk(tmp_path / "no_ner")
-    with pytest.raises(pipeline.ModelError, match="has no named-entity component"):
+    with pytest.raises(pipeline.ModelError, match="sets doc.ents or writes doc.spans"):
         pipeline.load(settings_for(tmp_path, SPACY_MODEL=str(tmp_path / "no_ner")))
 
 
@@ -149,4 +149,4 @@ def test_components_that_ner_listens_to_are_kept(tmp_path):
     nlp.get_pipe("ner").add_label("ORG")
     nlp.get_pipe("tagger").add_label("NN")
     nlp.initialize()
-    assert pipeline.ner_components(nlp) == ["tok2vec", "ner"]
+    assert pipeline.served_components(nlp) == ["tok2vec", "ner"]

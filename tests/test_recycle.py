@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 import spacy
 
-from batcher import entity_records
 from conftest import TRAIN
+from results import entity_records
 
 RECYCLES = 4  # enough to see workers replaced, each after the one before
 CLIENTS = 8

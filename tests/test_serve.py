@@ -641,7 +641,7 @@ def test_a_bad_setting_stops_start_up_with_one_clear_line(tmp_path):
     assert "cannot start: MODEL_SERVER_WORKERS='lots' is not a whole number" in output
 
 
-def test_a_model_without_ner_stops_start_up_with_one_clear_line(tmp_path):
+def test_a_model_without_ner_or_spans_stops_start_up_with_one_clear_line(tmp_path):
     import spacy
 
     spacy.blank("en").to_disk(tmp_path / "blank")
@@ -649,7 +649,7 @@ def test_a_model_without_ner_stops_start_up_with_one_clear_line(tmp_path):
     assert code == 1  # serve's status when gunicorn, which could not load the app, exits
     assert (
         f"cannot start: model '{tmp_path / 'blank'}' (from SPACY_MODEL) has no "
-        "named-entity component" in output
+        "component that sets doc.ents or writes doc.spans" in output
     )
 
 

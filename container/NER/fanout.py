@@ -34,9 +34,10 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
 
-from batcher import Records, Timing
+from batcher import Timing
 from cutting import Limit
 from protocol import JSONLINES, ApiError, dumps
+from results import Result
 from tuning import IN_FLIGHT_BEYOND_WORKERS, MIN_PART_CHARACTERS, PARTS_AHEAD, PARTS_PER_WORKER
 from unixhttp import UnixHTTPConnection
 
@@ -46,7 +47,7 @@ PART_HEADER = "X-Ner-Part"
 PART_TIMING_HEADER = "X-Ner-Part-Timing"
 
 # Texts -> their records, run in this worker.
-Local = Callable[[list[str]], list[Records]]
+Local = Callable[[list[str]], list[Result]]
 
 
 class Fanout:
@@ -75,8 +76,8 @@ class Fanout:
 
     def run(
         self, groups: Iterable[list[str]], local: Local, timeout: float, timing: Timing
-    ) -> Iterator[list[Records]]:
-        """Records per group of texts, in order: on every worker where there are several
+    ) -> Iterator[list[Result]]:
+        """Answers per group of texts, in order: on every worker where there are several
         and groups to share, else `local` here. The parts' time in and waiting for the
         model goes to `timing`."""
         groups = iter(groups)
@@ -146,7 +147,7 @@ class _Part(threading.Thread):
     ):
         super().__init__(name="part", daemon=True)
         self.socket_path, self.texts, self.timeout = socket_path, texts, timeout
-        self.records: list[Records] = []
+        self.records: list[Result] = []
         self.error: BaseException | None = None
         self.model_seconds = self.wait_seconds = 0.0
         self.answered = False
@@ -173,7 +174,7 @@ class _Part(threading.Thread):
                     error.get("message", "a part of the request failed"),
                 )
             else:
-                self.records = [json.loads(line)["entities"] for line in answer.splitlines()]
+                self.records = [json.loads(line) for line in answer.splitlines()]
                 model, wait = (response.getheader(PART_TIMING_HEADER) or "0 0").split()
                 self.model_seconds, self.wait_seconds = float(model), float(wait)
         except Exception as e:  # noqa: BLE001 (carried to the coordinator, which raises it)
@@ -183,7 +184,7 @@ class _Part(threading.Thread):
             self.answered = True
             self._finished.put(self)
 
-    def result(self) -> list[Records]:
+    def result(self) -> list[Result]:
         self.join()
         if self.error is not None:
             raise self.error

@@ -1,4 +1,4 @@
-"""Long texts in pieces: split a document past the chunk size, put its entities back.
+"""Long texts in pieces: split a document past the chunk size, put its entities and spans back.
 
 spaCy refuses a text longer than nlp.max_length, and the memory it needs for one Doc grows
 with its length. A text longer than MODEL_SERVER_CHUNK_CHARACTERS is therefore cut into
@@ -20,16 +20,16 @@ overlap a kept entity, is dropped.
 
 import re
 
+from results import Records, Result
 from tuning import OVERLAP
 
 # Where a piece may end, best first (the module's docstring).
 _PARAGRAPH = re.compile(r"\n[ \t\r\f\v]*\n\s*")
 _LINE = re.compile(r"\n\s*")
 _SPACE = re.compile(r"\s+")
-# Entity records per text (batcher.py), and per text the (start, end, cut) of its pieces
-# or None for a text run whole.
-Records = list[dict]
-Plan = list[list[tuple[int, int, int]] | None]
+# The (start, end, cut) of a text's pieces; per text, those or None for a text run whole.
+Cuts = list[tuple[int, int, int]]
+Plan = list[Cuts | None]
 
 
 def _last_break(text: str, start: int, end: int, pattern: re.Pattern[str]) -> int | None:
@@ -85,28 +85,48 @@ def split(texts: list[str], size: int) -> tuple[list[str], Plan]:
     return pieces, plan
 
 
-def put_back(records: list[Records], plan: Plan) -> list[Records]:
-    """Entity records per original text, from the records per piece (batcher.py's
-    {"text", "label", "start", "end"}), offsets on the original text."""
-    out: list[Records] = []
+def put_back(results: list[Result], plan: Plan) -> list[Result]:
+    """The answer per original text (results.py), from the answers per piece, offsets on
+    the original text."""
+    out: list[Result] = []
     i = 0
     for spans in plan:
         if spans is None:
-            out.append(records[i])
-            i += 1
-            continue
-        entities: Records = []
-        previous_cut = previous_end = 0
-        for start, _, cut in spans:
-            for e in records[i]:
-                begin = e["start"] + start
-                # Before previous_cut: the previous piece had it whole. Under previous_end:
-                # it would overlap an entity kept from the previous piece.
-                if begin < previous_cut or begin < previous_end or begin >= cut:
-                    continue
-                entities.append({**e, "start": begin, "end": e["end"] + start})
-            previous_cut = cut
-            previous_end = entities[-1]["end"] if entities else 0
-            i += 1
-        out.append(entities)
+            out.append(results[i])
+        else:
+            out.append(_joined(results[i : i + len(spans)], spans))
+        i += 1 if spans is None else len(spans)
     return out
+
+
+def _joined(results: list[Result], spans: Cuts) -> Result:
+    """One text's answer from its pieces' answers: entities by the module's rule; spans
+    (which may overlap each other) each from the piece in which they start before the
+    cut."""
+    whole: Result = {"entities": _shifted([r["entities"] for r in results], spans, True)}
+    if "spans" in results[0]:
+        whole["spans"] = {
+            key: _shifted([r["spans"][key] for r in results], spans, False)
+            for key in results[0]["spans"]
+        }
+    return whole
+
+
+def _shifted(
+    per_piece: list[Records], spans: list[tuple[int, int, int]], exclusive: bool
+) -> Records:
+    """The pieces' records on the whole text. `exclusive`: a record that would overlap
+    one kept from the previous piece is dropped too (entities never overlap)."""
+    kept: Records = []
+    previous_cut = previous_end = 0
+    for records, (start, _, cut) in zip(per_piece, spans, strict=True):
+        for r in records:
+            begin = r["start"] + start
+            # Before previous_cut: the previous piece had it whole. Under previous_end:
+            # it would overlap an entity kept from the previous piece.
+            if begin < previous_cut or (exclusive and begin < previous_end) or begin >= cut:
+                continue
+            kept.append({**r, "start": begin, "end": r["end"] + start})
+        previous_cut = cut
+        previous_end = kept[-1]["end"] if kept else 0
+    return kept

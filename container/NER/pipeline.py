@@ -19,6 +19,8 @@ if TYPE_CHECKING:  # spaCy is imported where a pipeline is loaded: the manager n
     from spacy.language import Language
 
 log = logging.getLogger("ner.pipeline")
+# What every pipeline runs once before it is served.
+WARM_UP = "Warm-up: Apple is looking at buying U.K. startup for $1 billion."
 
 
 class ModelError(RuntimeError):
@@ -66,20 +68,33 @@ def resolve(settings: Settings) -> tuple[str, str]:
     return settings.default_model, "SPACY_DEFAULT_MODEL"
 
 
-def ner_components(nlp: "Language") -> list[str]:
-    """The components that entities depend on: those that set doc.ents, and the shared
-    embedding layers (tok2vec, transformer) they listen to. Everything else is disabled.
+def served_components(nlp: "Language", spans: bool = True) -> list[str]:
+    """The components the answer depends on: those that set doc.ents, those that write
+    doc.spans (when spans are answered), and the shared embedding layers (tok2vec,
+    transformer) they listen to. Everything else is disabled.
 
     For en_core_web_sm this is just `ner`, which embeds with its own internal tok2vec;
     the shared tok2vec feeds only the tagger and parser.
     """
+    from results import span_setters
+
     setters = [n for n in nlp.pipe_names if "doc.ents" in nlp.get_pipe_meta(n).assigns]
-    needed = set(setters)
+    needed = set(setters + (span_setters(nlp) if spans else []))
     for name, pipe in nlp.pipeline:
         listeners = getattr(pipe, "listening_components", None) or []
         if needed.intersection(listeners):
             needed.add(name)
     return [n for n in nlp.pipe_names if n in needed]
+
+
+def answered_span_keys(nlp: "Language", settings: Settings) -> list[str]:
+    """The doc.spans keys every answer carries: SPACY_SPAN_KEYS, or by default every key
+    the pipeline writes (results.written_keys, probed with the warm-up text)."""
+    from results import written_keys
+
+    if settings.span_keys is not None:
+        return list(settings.span_keys)
+    return written_keys(nlp, nlp(WARM_UP))
 
 
 def load(settings: Settings) -> "Language":
@@ -100,21 +115,21 @@ def load(settings: Settings) -> "Language":
     except Exception as e:  # spaCy raises OSError, ValueError, catalogue errors...
         raise ModelError(f"cannot load spaCy model {name!r} (from {source}): {e}") from None
 
-    ner = ner_components(nlp)
-    if not ner:
+    served = served_components(nlp, spans=settings.span_keys != ())
+    if not served:
         raise ModelError(
-            f"model {name!r} (from {source}) has no named-entity component "
-            f"(components: {nlp.pipe_names or 'none'})"
+            f"model {name!r} (from {source}) has no component that sets doc.ents or "
+            f"writes doc.spans (components: {nlp.pipe_names or 'none'})"
         )
     if not settings.full_pipeline:
-        nlp.select_pipes(enable=ner)
+        nlp.select_pipes(enable=served)
 
     # The first call allocates buffers and fills caches; do it here rather than in a
     # client's request, and before /ping reports ready.
-    list(nlp.pipe(["Warm-up: Apple is looking at buying U.K. startup for $1 billion."]))
+    list(nlp.pipe([WARM_UP]))
     warmed, seconds = warm_tokenizer(nlp)
 
-    labels = sorted({label for n in ner for label in getattr(nlp.get_pipe(n), "labels", ())})
+    labels = sorted({label for n in served for label in getattr(nlp.get_pipe(n), "labels", ())})
     log.info(
         "model %s_%s %s from %s (%s); running %s; labels %s; tokenizer cache warmed with "
         "%d words in %.1f s",

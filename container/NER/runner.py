@@ -4,7 +4,7 @@
     cut (pieces.py, cutting.py)    each group's texts -> pieces -> units of work
     run (batcher.py, fanout.py)    each unit -> nlp.pipe, merged with other requests,
                                    here or on every worker
-    put back (pieces.py)           the units' records -> entities per text, per group
+    put back (pieces.py)           the units' answers -> an answer per text, per group
     encode (encode.py)             the groups, in order -> the answer's bytes
 
 A JSON or plain-text body is one group (`Whole`), read whole (a real-time endpoint caps
@@ -33,13 +33,15 @@ import capacity
 import decode
 import encode
 import pieces
+import pipeline
 import stream
-from batcher import Batcher, Records, Timing
+from batcher import Batcher, Timing
 from cutting import Limit, groups
 from decode import Shape
 from encode import Answered
 from fanout import PART_TIMING_HEADER, Fanout
 from protocol import HTML, ApiError
+from results import Reader, Result
 from settings import Settings
 from tuning import MIN_PIECE_CHARACTERS, SUGGESTED_MAX_PAYLOAD_MB
 
@@ -119,7 +121,12 @@ class Runner:
         # What one merged call holds (cutting.py), and the pieces a long text is cut into.
         self.call = Limit(settings.batch_characters)
         self.chunk = min(settings.chunk_characters, nlp.max_length)
-        self.batcher = Batcher(nlp, self.call, settings.timeout, settings.stuck_seconds)
+        span_keys = pipeline.answered_span_keys(nlp, settings)
+        if span_keys:
+            log.info("answers carry doc.spans under %s", ",".join(span_keys))
+        self.batcher = Batcher(
+            nlp, self.call, settings.timeout, settings.stuck_seconds, read=Reader(span_keys)
+        )
         self.fanout = Fanout(settings.workers, settings.threads)
         # Requests that run for many merged calls: recycle.py waits for none to be running.
         self.long_requests = Counter()
@@ -182,8 +189,8 @@ class Runner:
 
     def run_units(
         self, units: Iterator[list[str]], invocation: Invocation
-    ) -> Iterator[list[Records]]:
-        """Records per unit, in order: a part's here, a request's on every worker."""
+    ) -> Iterator[list[Result]]:
+        """Answers per unit, in order: a part's here, a request's on every worker."""
         local = functools.partial(self.batcher.predict, timing=invocation.timing)
         if invocation.part:
             return map(local, units)
@@ -215,7 +222,7 @@ class _Group:
     shape: Shape
     plan: pieces.Plan
     units: int
-    records: list[Records] = field(default_factory=list)
+    records: list[Result] = field(default_factory=list)
     answered: int = 0
 
     @property

