@@ -3,9 +3,18 @@ downloaded), for the tests and the benchmark.
 
 - spancat_pipeline: a shared tok2vec that ner and spancat both listen to; spancat writes
   overlapping spans with scores under SPANS_KEY.
+- custom_code_model: a model.tar.gz's contents whose one component is a factory of its
+  own, in code/, which needs a package that code/requirements.txt names (its wheel in
+  code/wheels/, built here).
 """
 
+import base64
+import hashlib
+import os
 import random
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +81,125 @@ def spancat_pipeline(path: Path, sentences: int = 200, epochs: int = 6) -> Path:
     nlp.meta["version"] = "0.0.1"
     nlp.to_disk(path)
     return path
+
+
+# The custom component's module, as a user writes it in code/: it needs a package of its
+# own (ner_test_terms, from code/requirements.txt) for the pattern it finds.
+PATTERN_MODULE = """\
+import re
+
+from ner_test_terms import PRODUCT_PATTERN
+from spacy.language import Language
+from spacy.util import filter_spans
+
+
+@Language.factory("pattern_entities", assigns=["doc.ents"], default_config={"label": "PRODUCT"})
+def make_pattern_entities(nlp, name, label):
+    pattern = re.compile(PRODUCT_PATTERN)
+
+    def pattern_entities(doc):
+        spans = [doc.char_span(m.start(), m.end(), label=label) for m in pattern.finditer(doc.text)]
+        doc.ents = filter_spans([s for s in spans if s is not None])
+        return doc
+
+    return pattern_entities
+"""
+TERMS_PACKAGE = ("ner_test_terms", "0.1.0", 'PRODUCT_PATTERN = r"\\bXR-\\d{3}\\b"\n')
+# What the pattern component finds in it.
+PRODUCT_TEXT = "Order XR-100 and XR-250, not XR-1."
+PRODUCT_ENTITIES = [
+    {"text": "XR-100", "label": "PRODUCT", "start": 6, "end": 12},
+    {"text": "XR-250", "label": "PRODUCT", "start": 17, "end": 23},
+]
+
+
+def _wheel(folder: Path, name: str, version: str, files: dict[str, bytes]) -> Path:
+    """A pure-Python wheel of `files` (path in the wheel: bytes), written by hand, as
+    pip installs it (offline: no build back-end needed)."""
+    dist = f"{name}-{version}.dist-info"
+    files = {
+        **files,
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\n"
+        b"Tag: py3-none-any\n",
+    }
+    record = []
+    for inside, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+        record.append(f"{inside},sha256={digest.decode()},{len(data)}")
+    files[f"{dist}/RECORD"] = ("\n".join([*record, f"{dist}/RECORD,,"]) + "\n").encode()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as whl:
+        for name_in_zip, data in files.items():
+            whl.writestr(name_in_zip, data)
+    return path
+
+
+def _build_pattern_pipeline(path: Path, pythonpath: list[Path]) -> None:
+    """The pipeline of the pattern component, saved to path. Built in a Python of its
+    own, as the user's training run is: registering the factory in this process would
+    clash with the next model built here."""
+    script = (
+        "import sys, spacy, ner_patterns\n"
+        "nlp = spacy.blank('en')\n"
+        "nlp.add_pipe('pattern_entities')\n"
+        "nlp.meta['name'] = 'tiny_test_custom_code'\n"
+        "nlp.meta['version'] = '0.0.1'\n"
+        "nlp.to_disk(sys.argv[1])\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", script, str(path)],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(map(str, pythonpath))},
+        check=True,
+        timeout=120,
+    )
+
+
+def custom_code_model(folder: Path, nested: bool = False) -> Path:
+    """What a model.tar.gz holds: the pipeline (at the root, or in pipeline/ when
+    nested) and code/ with the module, its requirements.txt and its wheel. folder."""
+    code = folder / "code"
+    code.mkdir(parents=True)
+    (code / "ner_patterns.py").write_text(PATTERN_MODULE)
+    name, version, init = TERMS_PACKAGE
+    (code / "requirements.txt").write_text(f"{name}=={version}\n")
+    wheel = _wheel(code / "wheels", name, version, {f"{name}/__init__.py": init.encode()})
+    _build_pattern_pipeline(folder / "pipeline" if nested else folder, [wheel, code])
+    return folder
+
+
+def custom_code_package(folder: Path) -> Path:
+    """The same pipeline as a package made by `spacy package --code ner_patterns.py`: its
+    code module beside the pipeline's folder, imported by the package's __init__.py, and
+    the pattern in the module itself (a baked package brings no requirements). Its wheel."""
+    name, version = "en_tiny_test_custom_code", "0.0.1"
+    work = folder / "work"
+    work.mkdir(parents=True)
+    module = PATTERN_MODULE.replace(
+        "from ner_test_terms import PRODUCT_PATTERN\n", TERMS_PACKAGE[2]
+    )
+    (work / "ner_patterns.py").write_text(module)
+    _build_pattern_pipeline(work / "pipeline", [work])
+    return pipeline_wheel(folder, work / "pipeline", name, version, {"ner_patterns": module})
+
+
+def pipeline_wheel(
+    folder: Path, pipeline: Path, name: str, version: str, modules: dict[str, str]
+) -> Path:
+    """A wheel laid out as `spacy package` makes one: the pipeline folder inside the
+    package, and the code modules (name: source) beside the __init__.py that imports
+    them. Written to folder; its path."""
+    imports = "".join(f"from . import {m}  # noqa: F401\n" for m in modules)
+    init = (
+        f"from spacy.util import load_model_from_init_py\n{imports}\n\n"
+        "def load(**overrides):\n"
+        "    return load_model_from_init_py(__file__, **overrides)\n"
+    )
+    files = {f"{name}/__init__.py": init.encode()}
+    files.update({f"{name}/{m}.py": source.encode() for m, source in modules.items()})
+    for path in sorted(pipeline.rglob("*")):
+        if path.is_file():
+            inside = path.relative_to(pipeline).as_posix()
+            files[f"{name}/{name}-{version}/{inside}"] = path.read_bytes()
+    return _wheel(folder, name, version, files)

@@ -103,6 +103,18 @@ def serve_env(tmp_path, **extra):
     )
 
 
+def run_serve(env_extra, tmp_path):
+    """Run serve to completion (for start-ups that must fail) and return (code, output)."""
+    done = subprocess.run(
+        [sys.executable, str(PROGRAM_DIR / "serve")],
+        env=serve_env(tmp_path, **{"MODEL_SERVER_WORKERS": 1, **env_extra}),
+        timeout=60,
+        capture_output=True,
+        text=True,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
 def start_host_server(env, log_path, wait=True):
     """The real `serve` (nginx + gunicorn) on this host; waits for /ping unless told not to."""
     server = HostProcess(env, log_path)
@@ -212,10 +224,14 @@ def docker():
     return shutil.which("docker")
 
 
+def built_image(docker, variable, default, make):
+    name = os.environ.get(variable, default)
+    if subprocess.run([docker, "image", "inspect", name], capture_output=True).returncode:
+        pytest.fail(f"image {name} is not built; run `{make}` (make test does)")
+    return name
+
+
 @pytest.fixture(scope="session")
 def image(docker):
     """The serving image `make image` built (IMAGE, as in the Makefile)."""
-    name = os.environ.get("IMAGE", DEFAULT_IMAGE)
-    if subprocess.run([docker, "image", "inspect", name], capture_output=True).returncode:
-        pytest.fail(f"image {name} is not built; run `make image` (make test does)")
-    return name
+    return built_image(docker, "IMAGE", DEFAULT_IMAGE, "make image")

@@ -11,8 +11,6 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -31,11 +29,11 @@ from bad_requests import (
 )
 from capacity import work
 from conftest import (
-    PROGRAM_DIR,
     TRAIN,
     free_port,
     nginx_test,
     retry_while_504,
+    run_serve,
     serve_env,
     start_host_server,
     wait_until,
@@ -621,18 +619,6 @@ def test_serve_exits_when_nginx_dies(start_server):
     )
     assert "nginx exited" in server.logs()
     assert_port_free(server.port)
-
-
-def run_serve(env_extra, tmp_path):
-    """Run serve to completion (for start-ups that must fail) and return (code, output)."""
-    done = subprocess.run(
-        [sys.executable, str(PROGRAM_DIR / "serve")],
-        env=serve_env(tmp_path, **{"MODEL_SERVER_WORKERS": 1, **env_extra}),
-        timeout=60,
-        capture_output=True,
-        text=True,
-    )
-    return done.returncode, done.stdout + done.stderr
 
 
 def test_a_bad_setting_stops_start_up_with_one_clear_line(tmp_path):

