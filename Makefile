@@ -5,18 +5,21 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # The notebook's own environment: the SageMaker SDK pins conflict with the serving pins.
 NB_VENV := .venv-notebook
-# The image `make image` builds and the container tests run.
+# The images `make image` builds and the container tests run: VARIANT=cpu (the default)
+# builds IMAGE, VARIANT=transformers (torch, for transformer pipelines) TRANSFORMERS_IMAGE.
+VARIANT ?= cpu
 IMAGE ?= spacy-ner-sagemaker:local
-export IMAGE
+TRANSFORMERS_IMAGE ?= spacy-ner-sagemaker:local-transformers
+export IMAGE TRANSFORMERS_IMAGE
 
 .PHONY: help serve test lint format image notebook bench bench-quick pins clean
 
 help:
 	@echo "make serve   serve the model on port 8080 (in the image when Docker answers, else on the host)"
-	@echo "make test    lint, then run every test (the image's too when Docker answers)"
+	@echo "make test    lint, then run every test (both images' too when Docker answers)"
 	@echo "make lint    ruff (lint and format check) and mypy (types)"
 	@echo "make format  rewrite the Python files as ruff format wants them"
-	@echo "make image   build the serving image ($(IMAGE))"
+	@echo "make image   build the serving image ($(IMAGE)); VARIANT=transformers: $(TRANSFORMERS_IMAGE)"
 	@echo "make notebook  run notebook.ipynb in local mode (no AWS account) into notebook.out.ipynb"
 	@echo "make bench   measure serving against in-process spaCy; writes bench/results/"
 	@echo "make bench-quick  the small benchmark CI runs; writes bench/results/quick/"
@@ -37,13 +40,13 @@ serve:
 	scripts/serve.sh
 
 image:
-	scripts/build-image.sh "$(IMAGE)"
+	VARIANT=$(VARIANT) scripts/build-image.sh "$(if $(filter transformers,$(VARIANT)),$(TRANSFORMERS_IMAGE),$(IMAGE))"
 
 # Docker-dependent tests skip on a laptop without an engine; CI sets CI=true, which
 # turns that skip into a failure (tests/conftest.py).
 test: $(VENV)/.installed $(NB_VENV)/.installed
 	$(MAKE) lint
-	if scripts/docker-ready.sh; then $(MAKE) image; fi
+	if scripts/docker-ready.sh; then $(MAKE) image && $(MAKE) image VARIANT=transformers; fi
 	$(PY) -m pytest
 
 # Settings in pyproject.toml: what is checked, and how.

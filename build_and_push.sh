@@ -8,10 +8,12 @@
 #   REGISTRY      push here instead of ACCOUNT.dkr.ecr.REGION.amazonaws.com (the repository
 #                 is still created, when missing, through the ECR API of these credentials)
 #   DOCKER        the docker client to use (default: docker)
+#   VARIANT       cpu (default) or transformers (torch, for transformer pipelines); the
+#                 default tag of the transformers image is latest-transformers
 #   BASE_IMAGE, PIP_CERT, SPACY_MODEL_PACKAGE, PLATFORM   passed to scripts/build-image.sh
 set -euo pipefail
 
-usage="usage: $0 [IMAGE_NAME] [TAG]   (defaults: spacy-ner-sagemaker latest)"
+usage="usage: [VARIANT=cpu|transformers] $0 [IMAGE_NAME] [TAG]   (defaults: spacy-ner-sagemaker latest)"
 here=$(cd "$(dirname "$0")" && pwd)
 
 die() {
@@ -27,7 +29,7 @@ case "${1:-}" in
 esac
 [ $# -le 2 ] || die "too many arguments; $usage"
 name=${1:-spacy-ner-sagemaker}
-tag=${2:-latest}
+if [ "${VARIANT:-cpu}" = transformers ]; then tag=${2:-latest-transformers}; else tag=${2:-latest}; fi
 
 # ECR's own rules for repository names and tags: refuse here, before a long build, what
 # create-repository or docker push would refuse afterwards.

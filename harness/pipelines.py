@@ -203,3 +203,101 @@ def pipeline_wheel(
             inside = path.relative_to(pipeline).as_posix()
             files[f"{name}/{name}-{version}/{inside}"] = path.read_bytes()
     return _wheel(folder, name, version, files)
+
+
+# A curated transformer small enough to train here from random weights in seconds: BERT,
+# 2 layers of width 64, its pieces the characters of TRANSFORMER_CHARS (CharEncoder: no
+# vocabulary to download), and an ner that listens to its last layer.
+TRANSFORMER_CONFIG = """
+[nlp]
+lang = "en"
+pipeline = ["transformer", "ner"]
+
+[components]
+
+[components.transformer]
+factory = "curated_transformer"
+all_layer_outputs = false
+
+[components.transformer.model]
+@architectures = "spacy-curated-transformers.BertTransformer.v1"
+vocab_size = {vocab_size}
+hidden_width = 64
+intermediate_width = 128
+num_attention_heads = 4
+num_hidden_layers = 2
+max_position_embeddings = 512
+piece_encoder = {{"@architectures": "spacy-curated-transformers.CharEncoder.v1"}}
+with_spans = {{"@architectures": "spacy-curated-transformers.WithStridedSpans.v1"}}
+
+[components.ner]
+factory = "ner"
+
+[components.ner.model]
+@architectures = "spacy.TransitionBasedParser.v2"
+state_type = "ner"
+hidden_width = 64
+maxout_pieces = 2
+use_upper = true
+
+[components.ner.model.tok2vec]
+@architectures = "spacy-curated-transformers.LastTransformerLayerListener.v1"
+width = 64
+pooling = {{"@layers": "reduce_mean.v1"}}
+
+[initialize]
+
+[initialize.components]
+
+[initialize.components.transformer]
+
+[initialize.components.transformer.piecer_loader]
+@model_loaders = "spacy-curated-transformers.CharEncoderLoader.v1"
+path = "{chars}"
+"""
+TRANSFORMER_CHARS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [
+    chr(c) for c in range(33, 127)
+]
+
+
+def _train_transformer_step_losses_as_float() -> None:
+    """spacy-curated-transformers 0.3.1 reports its training loss with float() on a
+    one-element array, which numpy 2.4 refuses. Training only, so only here: its module
+    gets a float() that takes such an array (the module's globals come before builtins)."""
+    import builtins
+
+    import numpy
+    from spacy_curated_transformers.pipeline import transformer
+
+    transformer.float = lambda value: builtins.float(numpy.asarray(value).item())
+
+
+def transformer_pipeline(path: Path, sentences: int = 400, steps: int = 200) -> Path:
+    """Train (seconds on 2 cores) and save the tiny transformer + ner pipeline; needs
+    the transformers image variant (torch, spacy-curated-transformers)."""
+    import spacy
+    from spacy.training import Example
+
+    spacy.util.fix_random_seed(0)
+    _train_transformer_step_losses_as_float()
+    path.mkdir(parents=True, exist_ok=True)
+    chars = path.parent / f"{path.name}-chars.txt"
+    chars.write_text("\n".join(TRANSFORMER_CHARS) + "\n")
+    text = TRANSFORMER_CONFIG.format(vocab_size=len(TRANSFORMER_CHARS), chars=chars)
+    nlp = spacy.util.load_model_from_config(spacy.util.Config().from_str(text), auto_fill=True)
+    examples = [
+        Example.from_dict(nlp.make_doc(t), {"entities": [s for s in spans if s[2] != "ORIGIN"]})
+        for t, spans in span_sentences(sentences)
+    ]
+    optimizer = nlp.initialize(lambda: examples)
+    rng = random.Random(0)
+    for step in range(steps):
+        if step % (len(examples) // 16) == 0:
+            rng.shuffle(examples)
+        start = (step * 16) % (len(examples) - 16)
+        nlp.update(examples[start : start + 16], sgd=optimizer, drop=0.1)
+    nlp.meta["name"] = "tiny_test_transformer"
+    nlp.meta["version"] = "0.0.1"
+    nlp.to_disk(path)
+    chars.unlink()
+    return path

@@ -13,12 +13,15 @@
 #   SPACY_MODEL_PACKAGE  the spaCy pipeline to bake in instead of the hash-pinned
 #                        container/model-requirements.txt: a package name, a wheel URL or a
 #                        local wheel file
+#   VARIANT              cpu (default: spaCy's own CNN pipelines) or transformers (adds
+#                        torch, spacy-curated-transformers and cupy, for transformer
+#                        pipelines on a GPU or on CPU; linux/amd64 only)
 #   PLATFORM             target platform (default linux/amd64: SageMaker runs x86-64)
 #   DOCKER               the docker client to use (default: the first one with BuildKit)
 set -euo pipefail
 
 usage() {
-    echo "usage: [BASE_IMAGE=...] [PIP_CERT=FILE] [SPACY_MODEL_PACKAGE=...] [PLATFORM=...] $0 IMAGE_REF" >&2
+    echo "usage: [BASE_IMAGE=...] [PIP_CERT=FILE] [SPACY_MODEL_PACKAGE=...] [VARIANT=cpu|transformers] [PLATFORM=...] $0 IMAGE_REF" >&2
     exit 2
 }
 die() { echo "build-image.sh: $*" >&2; exit 1; }
@@ -28,6 +31,15 @@ image_ref=$1
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 context=$root/container
 platform=${PLATFORM:-linux/amd64}
+variant=${VARIANT:-cpu}
+case $variant in
+    cpu) ;;
+    transformers)
+        # The aarch64 torch wheel on the package index is CPU-only and the CUDA libraries
+        # it pins are x86-64 only.
+        [ "$platform" = linux/amd64 ] || die "VARIANT=transformers is built for linux/amd64 only, not $platform" ;;
+    *) die "VARIANT=$variant: cpu or transformers" ;;
+esac
 host_ca_bundle=/etc/ssl/certs/ca-certificates.crt
 if [[ -z ${PIP_CERT:-} && -r $host_ca_bundle ]]; then
     PIP_CERT=$host_ca_bundle
@@ -89,7 +101,7 @@ if [ -z "${BASE_IMAGE:-}" ]; then
     fi
 fi
 
-args=(--platform "$platform" --tag "$image_ref" --file "$context/Dockerfile")
+args=(--platform "$platform" --tag "$image_ref" --file "$context/Dockerfile" --build-arg "VARIANT=$variant")
 [ -z "${BASE_IMAGE:-}" ] || args+=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
 [ -z "${PIP_CERT:-}" ] || args+=(--secret "id=pip_cert,src=$PIP_CERT")
 
@@ -111,7 +123,7 @@ if [ -n "${SPACY_MODEL_PACKAGE:-}" ]; then
     args+=(--build-arg "SPACY_MODEL_PACKAGE=$model")
 fi
 
-echo "build-image.sh: building $image_ref for $platform with $docker ($mode)" \
+echo "build-image.sh: building $image_ref ($variant) for $platform with $docker ($mode)" \
     "from ${BASE_IMAGE:-the default base of the Dockerfile}" >&2
 if [ "$mode" = buildx ]; then
     # Provenance attestations turn the pushed manifest into an OCI index, which SageMaker

@@ -13,6 +13,8 @@ compile() {
         --allow-unsafe --strip-extras --no-emit-index-url -o "$2" "$1"
 }
 compile container/requirements.in container/requirements.txt
+# After requirements.txt: its pins constrain the transformers variant's (-c).
+(cd container && compile requirements-transformers.in requirements-transformers.txt)
 compile requirements-dev.in requirements-dev.txt
 if [ -f requirements-notebook.in ]; then
     compile requirements-notebook.in requirements-notebook.txt

@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny real spaCy NER model, the real `serve` on a free port, and the
 rule for tests that need Docker (skip on a laptop without it, fail in CI)."""
 
+import contextlib
 import os
 import random
 import shutil
@@ -224,6 +225,28 @@ def docker():
     return shutil.which("docker")
 
 
+@contextlib.contextmanager
+def baked(docker, tag, wheel, variant="cpu"):
+    """The image built as tag with the pipeline package `wheel` baked in
+    (SPACY_MODEL_PACKAGE), running and ready; container and image removed afterwards."""
+    from harness.servers import Container
+
+    build = subprocess.run(
+        [str(ROOT / "scripts" / "build-image.sh"), tag],
+        env={**os.environ, "SPACY_MODEL_PACKAGE": str(wheel), "VARIANT": variant},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    container = Container(tag, docker=docker)
+    try:
+        yield container.wait_ready(timeout=300)
+    finally:
+        container.remove()
+        subprocess.run([docker, "rmi", "-f", tag], capture_output=True)
+
+
 def built_image(docker, variable, default, make):
     name = os.environ.get(variable, default)
     if subprocess.run([docker, "image", "inspect", name], capture_output=True).returncode:
@@ -235,3 +258,14 @@ def built_image(docker, variable, default, make):
 def image(docker):
     """The serving image `make image` built (IMAGE, as in the Makefile)."""
     return built_image(docker, "IMAGE", DEFAULT_IMAGE, "make image")
+
+
+@pytest.fixture(scope="session")
+def transformers_image(docker):
+    """The transformers variant `make image VARIANT=transformers` built (TRANSFORMERS_IMAGE)."""
+    return built_image(
+        docker,
+        "TRANSFORMERS_IMAGE",
+        f"{DEFAULT_IMAGE}-transformers",
+        "make image VARIANT=transformers",
+    )

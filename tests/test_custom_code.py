@@ -6,14 +6,13 @@ test_mme.py."""
 
 import os
 import shutil
-import subprocess
 import tarfile
 import tempfile
 
 import pytest
 import requests
 
-from conftest import ROOT, run_serve
+from conftest import baked, run_serve
 from harness.pipelines import (
     PRODUCT_ENTITIES,
     PRODUCT_TEXT,
@@ -184,20 +183,6 @@ def test_a_multi_model_endpoint_loads_each_models_code(docker, image, model_tar_
 def test_a_baked_package_with_code_is_served(docker, image, tmp_path):
     """A package made by `spacy package --code`, baked with SPACY_MODEL_PACKAGE."""
     wheel = custom_code_package(tmp_path / "package")
-    tag = f"{image}-custom-code-test"
-    build = subprocess.run(
-        [str(ROOT / "scripts" / "build-image.sh"), tag],
-        env={**os.environ, "SPACY_MODEL_PACKAGE": str(wheel)},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
-    container = Container(tag, docker=docker)
-    try:
-        container.wait_ready()
+    with baked(docker, f"{image}-custom-code-test", wheel) as container:
         assert entities(container) == PRODUCT_ENTITIES
         assert "imported ner_patterns from /opt/ml-default-model/code" in container.logs()
-    finally:
-        container.remove()
-        subprocess.run([docker, "rmi", "-f", tag], capture_output=True)

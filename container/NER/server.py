@@ -113,7 +113,9 @@ class Server:
     def start_gunicorn(self) -> None:
         self.gunicorn = subprocess.Popen(
             launch.gunicorn_command(self.settings, self.sock_path),
-            env=launch.gunicorn_env(dict(os.environ), self.heartbeat_dir),
+            env=launch.gunicorn_env(
+                dict(os.environ), self.heartbeat_dir, self.settings.compute_threads
+            ),
             process_group=0,
         )
 

@@ -11,10 +11,12 @@ settings in one table; keep the two in step.
 
 import logging
 import os
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from cgroups import available_cpus
+from device import visible_gpus
 from protocol import HTML, JSON, JSONLINES, JSONLINES_ALIASES
 from tuning import MIN_PIECE_CHARACTERS
 
@@ -102,6 +104,11 @@ class _Env:
     def text(self, name: str, default: str = "") -> str:
         return self.raw(name)[1] or default
 
+    def optional(self, name: str) -> str | None:
+        """The value, empty included (CUDA_VISIBLE_DEVICES="" means no GPU), or None."""
+        value = self.env.get(name)
+        return None if value is None else value.strip()
+
     def names(self, name: str) -> tuple[str, ...] | None:
         """A comma-separated list: None when unset or `*` (all), () for `none`."""
         raw = self.raw(name)[1]
@@ -183,6 +190,20 @@ class Settings:
     # is what a multi-model endpoint is for; the cores still go to whichever models are
     # busy. Raise it for few models with heavy traffic each.
     workers_per_model: int
+    # The GPUs the model runs on (device.py): those the container sees, in an image that
+    # can drive them (the transformers variant); 0: the CPU.
+    gpus: int
+    # Workers per GPU, each with its own copy of the model there: one keeps a GPU busy
+    # when concurrent requests merge into large calls; more overlap one worker's CPU work
+    # (decoding, tokenizing, encoding) with another's GPU work, at a copy of the model each.
+    workers_per_gpu: int
+    # The merged call's size on a GPU (instead of batch_characters): a GPU's cost per text
+    # falls with the batch far longer than a CPU's does.
+    gpu_batch_characters: int
+    # The intra-op threads of each worker's model (torch's, and OpenBLAS's): the CPUs the
+    # container may use, shared among the workers; the user's OMP_NUM_THREADS or
+    # OPENBLAS_NUM_THREADS wins (launch.gunicorn_env).
+    compute_threads: int
     # Set by the server's processes for each other (HEARTBEAT_DIR_ENV and the two below).
     heartbeat_dir: str
     failure_file: str
@@ -195,23 +216,45 @@ class Settings:
         return self.max_payload_mb * 1024 * 1024 or None
 
     @property
+    def call_characters(self) -> int:
+        """What one merged nlp.pipe call holds, on this device."""
+        return self.gpu_batch_characters if self.gpus else self.batch_characters
+
+    @property
+    def gpu_slot_dir(self) -> str:
+        """Where the workers lock their GPU slots (device.py): beside the heartbeats."""
+        return os.path.join(
+            os.path.dirname(self.heartbeat_dir) or tempfile.gettempdir(), "gpu-slots"
+        )
+
+    @property
     def stuck_seconds(self) -> int:
         """How long one model call may run before its worker is replaced."""
         return self.timeout + WORKER_BACKSTOP_SECONDS
 
     @classmethod
     def from_env(
-        cls, env: Mapping[str, str] | None = None, cpus: Callable[[], int] = available_cpus
+        cls,
+        env: Mapping[str, str] | None = None,
+        cpus: Callable[[], int] = available_cpus,
+        gpus: Callable[[str | None], int] = visible_gpus,
     ) -> "Settings":
         """The settings from env (default: os.environ). Every default and range is here."""
         e = _Env(os.environ if env is None else env)
         # SageMaker sets this in a batch transform job's containers.
         batch = e.bool("SAGEMAKER_BATCH", False)
+        gpu_count = gpus(e.optional("CUDA_VISIBLE_DEVICES"))
+        per_gpu = e.int("MODEL_SERVER_WORKERS_PER_GPU", 1, 1, 16)
+        workers = e.int(
+            "MODEL_SERVER_WORKERS",
+            gpu_count * per_gpu or cpus(),
+            1,
+            256,
+            aliases=("SAGEMAKER_MODEL_SERVER_WORKERS",),
+        )
         return cls(
             port=e.int("SAGEMAKER_BIND_TO_PORT", 8080, 1, 65535),
-            workers=e.int(
-                "MODEL_SERVER_WORKERS", cpus(), 1, 256, aliases=("SAGEMAKER_MODEL_SERVER_WORKERS",)
-            ),
+            workers=workers,
             timeout=e.int(
                 "MODEL_SERVER_TIMEOUT",
                 600 if batch else 60,
@@ -240,6 +283,12 @@ class Settings:
             recycle_mb=e.int("MODEL_SERVER_RECYCLE_MB", 16, 0, 1_000_000),
             multi_model=e.bool("SAGEMAKER_MULTI_MODEL", False),
             workers_per_model=e.int("MODEL_SERVER_WORKERS_PER_MODEL", 1, 1, 256),
+            gpus=gpu_count,
+            workers_per_gpu=per_gpu,
+            gpu_batch_characters=e.int(
+                "MODEL_SERVER_GPU_BATCH_CHARACTERS", 1_000_000, 1, 100_000_000
+            ),
+            compute_threads=max(1, cpus() // workers),
             heartbeat_dir=e.text(HEARTBEAT_DIR_ENV),
             failure_file=e.text(FAILURE_FILE_ENV),
             log_tag=e.text(LOG_TAG_ENV),

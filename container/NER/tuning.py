@@ -98,13 +98,15 @@ SHUTDOWN_SECONDS = 27
 # still running at the end of the shutdown budget.
 GRACEFUL_SECONDS = 3
 # Defaults for the workers' environment; a value the user sets wins.
-# - The workers are the parallelism: numpy's OpenBLAS (and OpenMP, for pipelines built on
-#   torch) would otherwise start a thread per CPU in every worker, N workers x N threads
-#   on N cores.
+# - The workers are the parallelism: numpy's OpenBLAS and OpenMP (torch's intra-op
+#   threads) would otherwise start a thread per CPU in every worker, N workers x N threads
+#   on N cores. They get the CPUs shared among the workers (Settings.compute_threads):
+#   one each when there is a worker per CPU.
 # - Any request thread may run the model (batcher.py), and glibc gives each thread that
 #   allocates its own malloc arena, each keeping its high-water mark; two arenas per
 #   worker keep most of that memory, at no cost the benchmark could see.
-WORKER_ENV_DEFAULTS = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
+COMPUTE_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
+WORKER_ENV_DEFAULTS = {"MALLOC_ARENA_MAX": "2"}
 # nginx's large_client_header_buffers size: the longest request line or header line it
 # accepts (nginx.conf says why this one). gunicorn's limits follow it.
 HEADER_BUFFER_BYTES = 16 * 1024
