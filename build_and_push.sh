@@ -29,7 +29,11 @@ case "${1:-}" in
 esac
 [ $# -le 2 ] || die "too many arguments; $usage"
 name=${1:-spacy-ner-sagemaker}
-if [ "${VARIANT:-cpu}" = transformers ]; then tag=${2:-latest-transformers}; else tag=${2:-latest}; fi
+case ${VARIANT:-cpu} in
+    cpu) tag=${2:-latest} ;;
+    transformers) tag=${2:-latest-transformers} ;;
+    *) die "VARIANT=$VARIANT: cpu or transformers; $usage" ;;
+esac
 
 # ECR's own rules for repository names and tags: refuse here, before a long build, what
 # create-repository or docker push would refuse afterwards.

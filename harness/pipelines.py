@@ -93,7 +93,8 @@ from spacy.language import Language
 from spacy.util import filter_spans
 
 
-@Language.factory("pattern_entities", assigns=["doc.ents"], default_config={"label": "PRODUCT"})
+# No `assigns`, as most users' factories: the server must run it all the same.
+@Language.factory("pattern_entities", default_config={"label": "PRODUCT"})
 def make_pattern_entities(nlp, name, label):
     pattern = re.compile(PRODUCT_PATTERN)
 
@@ -113,13 +114,17 @@ PRODUCT_ENTITIES = [
 ]
 
 
-def _wheel(folder: Path, name: str, version: str, files: dict[str, bytes]) -> Path:
-    """A pure-Python wheel of `files` (path in the wheel: bytes), written by hand, as
-    pip installs it (offline: no build back-end needed)."""
+def _wheel(
+    folder: Path, name: str, version: str, files: dict[str, bytes], requires: tuple[str, ...] = ()
+) -> Path:
+    """A pure-Python wheel of `files` (path in the wheel: bytes) that depends on
+    `requires`, written by hand, as pip installs it (offline: no build back-end needed)."""
     dist = f"{name}-{version}.dist-info"
+    metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+    metadata += "".join(f"Requires-Dist: {r}\n" for r in requires)
     files = {
         **files,
-        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{dist}/METADATA": metadata.encode(),
         f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\n"
         b"Tag: py3-none-any\n",
     }
@@ -164,7 +169,11 @@ def custom_code_model(folder: Path, nested: bool = False) -> Path:
     (code / "ner_patterns.py").write_text(PATTERN_MODULE)
     name, version, init = TERMS_PACKAGE
     (code / "requirements.txt").write_text(f"{name}=={version}\n")
-    wheel = _wheel(code / "wheels", name, version, {f"{name}/__init__.py": init.encode()})
+    # It depends on spaCy, as a user's package would: the image's must satisfy it (no
+    # spaCy wheel in code/wheels/, no index), never a second copy.
+    wheel = _wheel(
+        code / "wheels", name, version, {f"{name}/__init__.py": init.encode()}, ("spacy>=3.8",)
+    )
     _build_pattern_pipeline(folder / "pipeline" if nested else folder, [wheel, code])
     return folder
 

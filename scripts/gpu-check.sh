@@ -79,8 +79,9 @@ for device, args, env in [
         answers[device], figures[device] = run(container)
     finally:
         container.remove()
-same = sum(a == b for a, b in zip(answers["GPU"], answers["CPU"]))
+# Float sums differ between the devices, which can move a rare borderline decision.
+same = sum(a == b for a, b in zip(answers["GPU"], answers["CPU"], strict=True))
 print(f"gpu-check: {same} of {len(texts)} answers agree between GPU and CPU")
 print("gpu-check: docs/s " + json.dumps({k: round(v) for k, v in figures.items()}))
-assert same == len(texts), "GPU and CPU answers differ"
+assert same >= 0.99 * len(texts), "GPU and CPU answers differ in more than 1 text in 100"
 EOF

@@ -82,6 +82,10 @@ BROKEN = {
         lambda code: (code / "settings.py").write_text("X = 1\n"),
         "code/settings has the name of a module the server already uses",
     ),
+    "requirement that would replace the image's numpy": (
+        lambda code: (code / "requirements.txt").write_text("numpy==1.26.4\n"),
+        "cannot install {code}/requirements.txt: pip failed: ERROR: ResolutionImpossible",
+    ),
     "requirement that does not exist": (
         lambda code: (code / "requirements.txt").write_text("ner-test-no-such-package==1.0\n"),
         "cannot install {code}/requirements.txt: pip failed: ERROR: No matching distribution",

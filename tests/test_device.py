@@ -3,11 +3,16 @@ counting GPUs from device files and CUDA_VISIBLE_DEVICES, the workers' GPU slots
 gunicorn's command line on a GPU (no --preload: CUDA does not survive a fork). The GPU
 itself: scripts/gpu-check.sh, on a machine that has one."""
 
+import subprocess
+import sys
+
 import pytest
 
 import device
 import launch
+from conftest import PROGRAM_DIR
 from settings import Settings
+from tuning import LOAD_SECONDS
 
 
 @pytest.fixture
@@ -60,3 +65,22 @@ def test_gunicorn_preloads_the_model_on_the_cpu_and_not_on_a_gpu():
     command = launch.gunicorn_command(gpu, "/tmp/s.sock")
     assert "--preload" not in command
     assert command[command.index("--workers") + 1] == "1"  # one per GPU
+
+
+def test_the_gunicorn_master_imports_no_spacy_so_cuda_cannot_start_before_the_fork():
+    """gunicorn imports the worker class in its master. In the transformers image,
+    importing thinc asks cupy and torch for the GPU count, which starts CUDA: a forked
+    worker could not use the GPU after that."""
+    script = (
+        "import sys, worker; print(sorted({'spacy', 'thinc', 'torch', 'cupy'} & set(sys.modules)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=PROGRAM_DIR, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]"
+
+
+def test_a_gpu_worker_may_take_a_load_before_gunicorn_ends_it():
+    gpu = Settings.from_env({}, cpus=lambda: 8, gpus=lambda visible: 1)
+    command = launch.gunicorn_command(gpu, "/tmp/s.sock")
+    assert int(command[command.index("--timeout") + 1]) >= LOAD_SECONDS

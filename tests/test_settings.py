@@ -241,9 +241,13 @@ def test_on_gpus_there_is_a_worker_per_gpu_and_the_calls_are_the_gpus():
 
     s = Settings.from_env({}, cpus=lambda: 32, gpus=four_gpus)
     assert (s.gpus, s.workers, s.compute_threads) == (4, 4, 8)
+    assert s.recycle_mb == 0  # a replacement would load its own model: not by default
     assert s.call_characters == s.gpu_batch_characters == 1_000_000
     s = Settings.from_env({"MODEL_SERVER_WORKERS_PER_GPU": "2"}, cpus=lambda: 32, gpus=four_gpus)
-    assert s.workers == 8
+    assert s.workers == 8 and s.slots_per_gpu == 2
+    # More workers than GPUs x per GPU: each GPU takes its share, none is left without.
+    s = Settings.from_env({"MODEL_SERVER_WORKERS": "9"}, cpus=lambda: 32, gpus=four_gpus)
+    assert s.slots_per_gpu == 3
 
 
 def test_cuda_visible_devices_reaches_the_gpu_count_even_when_empty():

@@ -6,8 +6,9 @@ Where it comes from, as the SageMaker and Hugging Face inference toolkits lay it
 folder, which is where the image keeps a baked package's code). From it:
 
 1. `code/requirements.txt`, if there is one, is installed with pip into a folder of its
-   own, which goes on sys.path after the image's packages, so a requirement can never
-   replace the spaCy, numpy or thinc the image pins. From `code/wheels/` alone (no index)
+   own, constrained to the versions of the image's packages (image_constraints), and that
+   folder goes on sys.path after the image's packages: a requirement can add packages,
+   never replace the spaCy, numpy or thinc the image pins. From `code/wheels/` alone (no index)
    when that folder exists: the way to serve from a VPC without internet.
 2. `code/` goes on sys.path, and the modules SPACY_CODE_MODULES names (default: every
    top-level .py in code/) are imported.
@@ -16,8 +17,11 @@ Everything that goes wrong raises CodeError with a one-line reason: pipeline.py 
 the start-up failure (or a multi-model load's 400 model_invalid).
 """
 
+import glob
 import hashlib
 import importlib
+import importlib.metadata
+import importlib.util
 import logging
 import os
 import shutil
@@ -58,13 +62,29 @@ def find_code_dir(pipeline_dir: str, model_dir: str) -> str | None:
     return next((c for c in candidates if os.path.isdir(c)), None)
 
 
-def modules_in(code_dir: str) -> list[str]:
-    """The default modules: every top-level .py file, in name order."""
+# The inference toolkits' handler module (model_fn, input_fn...): it imports their own
+# packages, and this server has its own handlers. Imported only when named.
+TOOLKIT_HANDLER = "inference"
+
+
+def top_level_names(code_dir: str) -> list[str]:
+    """What code/ makes importable: its .py files and its packages, in name order."""
     return sorted(
         name.removesuffix(".py")
         for name in os.listdir(code_dir)
-        if name.endswith(".py") and not name.startswith(".")
+        if not name.startswith(".")
+        and (name.endswith(".py") or os.path.isfile(os.path.join(code_dir, name, "__init__.py")))
     )
+
+
+def modules_in(code_dir: str) -> list[str]:
+    """The default modules: every top-level .py file, in name order, but the toolkits'
+    handler."""
+    return [
+        n
+        for n in top_level_names(code_dir)
+        if os.path.isfile(os.path.join(code_dir, f"{n}.py")) and n != TOOLKIT_HANDLER
+    ]
 
 
 def packages_dir(code_dir: str, requirements: str) -> str:
@@ -81,15 +101,16 @@ def packages_dir(code_dir: str, requirements: str) -> str:
 
 
 def install_requirements(code_dir: str) -> str | None:
-    """pip install code/requirements.txt (once: packages_dir); the folder it went to, or
-    None without a requirements file. pip's output goes to the log, line by line."""
+    """pip install code/requirements.txt (once: packages_dir); the site-packages folder
+    it went to, or None without a requirements file (or nothing to add). pip's output goes
+    to the log, line by line."""
     requirements = os.path.join(code_dir, "requirements.txt")
     if not os.path.isfile(requirements):
         return None
     final = packages_dir(code_dir, requirements)
     if os.path.isdir(final):
         log.info("%s is installed in %s already", requirements, final)
-        return final
+        return _site_packages(final)
     os.makedirs(os.path.dirname(final), exist_ok=True)
     # Installed beside it, then renamed: a server killed mid-install leaves no half
     # folder that the next start would take for a whole one.
@@ -99,11 +120,33 @@ def install_requirements(code_dir: str) -> str | None:
         os.rename(target, final)
     except OSError:  # another process finished the same install first: use that one
         shutil.rmtree(target, ignore_errors=True)
-    return final
+    return _site_packages(final)
+
+
+def _site_packages(prefix: str) -> str | None:
+    """Where pip put the packages under prefix (None when the image had them all)."""
+    found = glob.glob(os.path.join(prefix, "**", "*-packages"), recursive=True)
+    return found[0] if found else None
+
+
+def image_constraints(folder: str) -> str:
+    """A pip constraints file of every distribution the image has, at its version: a
+    requirement may add packages, never replace one of the image's (pip would otherwise
+    install another numpy or spaCy, or try to remove the image's own)."""
+    pins = sorted(
+        {f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()}
+    )
+    path = os.path.join(folder, "image-constraints.txt")
+    with open(path, "w") as f:
+        f.write("\n".join(pins) + "\n")
+    return path
 
 
 def _pip_install(requirements: str, target: str, code_dir: str) -> None:
-    command = [sys.executable, "-m", "pip", "install", "--target", target, "-r", requirements]
+    # --prefix, not --target: pip then counts the image's packages as installed, and
+    # installs only what they lack (--target would install every dependency again).
+    command = [sys.executable, "-m", "pip", "install", "--prefix", target, "-r", requirements]
+    command += ["-c", image_constraints(target)]
     command += ["--disable-pip-version-check", "--no-input", "--no-warn-script-location"]
     command += ["--retries", str(PIP_RETRIES), "--timeout", str(PIP_TIMEOUT_SECONDS)]
     wheels = os.path.join(code_dir, "wheels")
@@ -132,14 +175,21 @@ def _pip_install(requirements: str, target: str, code_dir: str) -> None:
 
 
 def import_modules(code_dir: str, names: Sequence[str]) -> None:
-    """Put code_dir on sys.path and import each module, refusing one whose name is
-    already taken (the server's own modules are top-level modules too)."""
-    for name in names:
+    """Put code_dir on sys.path and import each module, refusing any name in code/ that
+    is already taken: first on the path, it would hide that module from everything else
+    (the server's own modules are top-level modules too)."""
+    for name in top_level_names(code_dir) if code_dir not in sys.path else []:
         taken = sys.modules.get(name)
-        if taken is not None and not _is_inside(getattr(taken, "__file__", None), code_dir):
+        where = getattr(taken, "__file__", None) if taken else None
+        if taken is None:
+            spec = importlib.util.find_spec(name)
+            where = spec.origin if spec else None
+            if spec is None:
+                continue
+        if not _is_inside(where, code_dir):
             raise CodeError(
                 f"code/{name} has the name of a module the server already uses "
-                f"({getattr(taken, '__file__', None) or 'built in'}); rename it"
+                f"({where or 'built in'}); rename it"
             )
     if code_dir not in sys.path:
         sys.path.insert(0, code_dir)

@@ -90,7 +90,9 @@ def gunicorn_command(settings: Settings, sock_path: str) -> list[str]:
         # worker whose Python stopped altogether; batcher.py's watchdog catches a
         # stuck model call, after the same time.
         "--timeout",
-        str(s.stuck_seconds),
+        # Without --preload a worker loads its model before its first heartbeat, and
+        # gunicorn would end one that takes longer than this: give it a load's time.
+        str(s.stuck_seconds if not s.gpus else max(s.stuck_seconds, LOAD_SECONDS)),
         "--graceful-timeout",
         str(GRACEFUL_SECONDS),
         # nginx has already bounded the request line and the headers

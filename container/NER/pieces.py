@@ -104,10 +104,13 @@ def _joined(results: list[Result], spans: Cuts) -> Result:
     (which may overlap each other) each from the piece in which they start before the
     cut."""
     whole: Result = {"entities": _shifted([r["entities"] for r in results], spans, True)}
-    if "spans" in results[0]:
+    # A key some pieces have and others not (a component that names none) is the
+    # whole text's key all the same.
+    keys = dict.fromkeys(k for r in results for k in r.get("spans", {}))
+    if keys:
         whole["spans"] = {
-            key: _shifted([r["spans"][key] for r in results], spans, False)
-            for key in results[0]["spans"]
+            key: _shifted([r.get("spans", {}).get(key, []) for r in results], spans, False)
+            for key in keys
         }
     return whole
 

@@ -24,6 +24,9 @@ log = logging.getLogger("ner.pipeline")
 # What every pipeline runs once before it is served.
 CODE_DOC = "docs/pipelines.md#custom-code"
 TRANSFORMERS_DOC = "docs/pipelines.md#transformer-pipelines"
+# Where spaCy's own components come from (and the packages that add pipelines to it): a
+# component of theirs declares what it sets.
+LIBRARY_PACKAGES = ("spacy", "spacy_legacy", "spacy_curated_transformers", "thinc")
 WARM_UP = "Warm-up: Apple is looking at buying U.K. startup for $1 billion."
 
 
@@ -74,8 +77,9 @@ def resolve(settings: Settings) -> tuple[str, str]:
 
 def served_components(nlp: "Language", spans: bool = True) -> list[str]:
     """The components the answer depends on: those that set doc.ents, those that write
-    doc.spans (when spans are answered), and the shared embedding layers (tok2vec,
-    transformer) they listen to. Everything else is disabled.
+    doc.spans (when spans are answered), the user's own that say nothing of what they
+    set, and the shared embedding layers (tok2vec, transformer) they listen to.
+    Everything else is disabled.
 
     For en_core_web_sm this is just `ner`, which embeds with its own internal tok2vec;
     the shared tok2vec feeds only the tagger and parser.
@@ -83,12 +87,23 @@ def served_components(nlp: "Language", spans: bool = True) -> list[str]:
     from results import span_setters
 
     setters = [n for n in nlp.pipe_names if "doc.ents" in nlp.get_pipe_meta(n).assigns]
-    needed = set(setters + (span_setters(nlp) if spans else []))
+    needed = set(setters + (span_setters(nlp) if spans else []) + own_components(nlp))
     for name, pipe in nlp.pipeline:
         listeners = getattr(pipe, "listening_components", None) or []
         if needed.intersection(listeners):
             needed.add(name)
     return [n for n in nlp.pipe_names if n in needed]
+
+
+def own_components(nlp: "Language") -> list[str]:
+    """The user's own components that do not say what they set (their factory declares
+    no `assigns`, as most do not): they may set the entities or spans, so they run."""
+    return [
+        name
+        for name, pipe in nlp.pipeline
+        if not nlp.get_pipe_meta(name).assigns
+        and getattr(pipe, "__module__", type(pipe).__module__).split(".")[0] not in LIBRARY_PACKAGES
+    ]
 
 
 def answered_span_keys(nlp: "Language", settings: Settings) -> list[str]:
@@ -141,7 +156,11 @@ def _load_with_code(name: str, source: str, settings: Settings) -> "Language":
     except Exception as e:  # spaCy raises OSError, ValueError, catalogue errors...
         # spaCy's messages run to paragraphs (E002 lists every factory): the first one.
         reason = " ".join(str(e).split("\n\n")[0].split())
-        if "Can't find factory" in reason or "Could not find function" in reason:
+        if "Can't find factory for 'curated_transformer'" in reason:
+            reason += (
+                f" It is a transformer pipeline: build VARIANT=transformers ({TRANSFORMERS_DOC})"
+            )
+        elif "Can't find factory" in reason or "Could not find function" in reason:
             reason += f" Is it in code/ beside the pipeline? ({CODE_DOC})"
         raise ModelError(f"cannot load spaCy model {name!r} (from {source}): {reason}") from None
 
@@ -158,7 +177,7 @@ def load(settings: Settings) -> "Language":
                 "no config.cfg and meta.json"
             )
     try:
-        on = device.use(settings.gpus, settings.workers_per_gpu, settings.gpu_slot_dir)
+        on = device.use(settings.gpus, settings.slots_per_gpu, settings.gpu_slot_dir)
     except device.DeviceError as e:
         raise ModelError(str(e)) from None
     nlp = _load_with_code(name, source, settings)

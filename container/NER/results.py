@@ -71,16 +71,21 @@ def written_keys(nlp: Language, probe: Doc | None = None) -> list[str]:
 
 class Reader:
     """Makes a text's Result from its Doc. `span_keys`: the keys answered, every one in
-    every answer (an empty list where a Doc has none); none: entities only."""
+    every answer (an empty list where a Doc has none); none: entities only. `more`: also
+    any other key a Doc has (SPACY_SPAN_KEYS unset: every key the pipeline writes, those
+    that no component names and the warm-up text did not show included)."""
 
-    def __init__(self, span_keys: Sequence[str] = ()):
+    def __init__(self, span_keys: Sequence[str] = (), more: bool = False):
         self.span_keys = tuple(span_keys)
+        self.more = more
 
     def __call__(self, doc: Doc) -> Result:
         result: Result = {"entities": entity_records(doc)}
-        if self.span_keys:
+        keys = self.span_keys
+        if self.more:
+            keys += tuple(k for k in doc.spans if k not in self.span_keys)
+        if keys:
             result["spans"] = {
-                key: span_records(doc.spans[key]) if key in doc.spans else []
-                for key in self.span_keys
+                key: span_records(doc.spans[key]) if key in doc.spans else [] for key in keys
             }
         return result

@@ -125,7 +125,11 @@ class Runner:
         if span_keys:
             log.info("answers carry doc.spans under %s", ",".join(span_keys))
         self.batcher = Batcher(
-            nlp, self.call, settings.timeout, settings.stuck_seconds, read=Reader(span_keys)
+            nlp,
+            self.call,
+            settings.timeout,
+            settings.stuck_seconds,
+            read=Reader(span_keys, more=settings.span_keys is None),
         )
         self.fanout = Fanout(settings.workers, settings.threads)
         # Requests that run for many merged calls: recycle.py waits for none to be running.

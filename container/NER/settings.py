@@ -221,6 +221,12 @@ class Settings:
         return self.gpu_batch_characters if self.gpus else self.batch_characters
 
     @property
+    def slots_per_gpu(self) -> int:
+        """The workers each GPU takes (device.py): MODEL_SERVER_WORKERS_PER_GPU, or more
+        where MODEL_SERVER_WORKERS asks for more workers than that makes."""
+        return max(self.workers_per_gpu, -(-self.workers // max(self.gpus, 1)))
+
+    @property
     def gpu_slot_dir(self) -> str:
         """Where the workers lock their GPU slots (device.py): beside the heartbeats."""
         return os.path.join(
@@ -243,15 +249,7 @@ class Settings:
         e = _Env(os.environ if env is None else env)
         # SageMaker sets this in a batch transform job's containers.
         batch = e.bool("SAGEMAKER_BATCH", False)
-        gpu_count = gpus(e.optional("CUDA_VISIBLE_DEVICES"))
-        per_gpu = e.int("MODEL_SERVER_WORKERS_PER_GPU", 1, 1, 16)
-        workers = e.int(
-            "MODEL_SERVER_WORKERS",
-            gpu_count * per_gpu or cpus(),
-            1,
-            256,
-            aliases=("SAGEMAKER_MODEL_SERVER_WORKERS",),
-        )
+        gpu_count, per_gpu, workers = _devices(e, cpus, gpus)
         return cls(
             port=e.int("SAGEMAKER_BIND_TO_PORT", 8080, 1, 65535),
             workers=workers,
@@ -280,7 +278,9 @@ class Settings:
             span_keys=e.names("SPACY_SPAN_KEYS"),
             code_modules=e.names("SPACY_CODE_MODULES"),
             log_level=e.choice("LOG_LEVEL", "INFO", LOG_LEVELS, normalize=str.upper),
-            recycle_mb=e.int("MODEL_SERVER_RECYCLE_MB", 16, 0, 1_000_000),
+            # On a GPU a replacement loads its own model (no fork of a loaded master),
+            # seconds without that worker: off unless asked for.
+            recycle_mb=e.int("MODEL_SERVER_RECYCLE_MB", 0 if gpu_count else 16, 0, 1_000_000),
             multi_model=e.bool("SAGEMAKER_MULTI_MODEL", False),
             workers_per_model=e.int("MODEL_SERVER_WORKERS_PER_MODEL", 1, 1, 256),
             gpus=gpu_count,
@@ -293,6 +293,22 @@ class Settings:
             failure_file=e.text(FAILURE_FILE_ENV),
             log_tag=e.text(LOG_TAG_ENV),
         )
+
+
+def _devices(
+    e: _Env, cpus: Callable[[], int], gpus: Callable[[str | None], int]
+) -> tuple[int, int, int]:
+    """(GPUs, workers per GPU, workers): a worker per GPU, else per CPU, by default."""
+    gpu_count = gpus(e.optional("CUDA_VISIBLE_DEVICES"))
+    per_gpu = e.int("MODEL_SERVER_WORKERS_PER_GPU", 1, 1, 16)
+    workers = e.int(
+        "MODEL_SERVER_WORKERS",
+        gpu_count * per_gpu or cpus(),
+        1,
+        256,
+        aliases=("SAGEMAKER_MODEL_SERVER_WORKERS",),
+    )
+    return gpu_count, per_gpu, workers
 
 
 def configure_logging(level: str, tag: str = "") -> None:

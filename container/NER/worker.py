@@ -10,19 +10,24 @@ wait, and the requests they hold merge into one nlp.pipe call (batcher.py).
 """
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gunicorn.workers.gthread import ThreadWorker
 
 import health
 import recycle
-from predictor import NerApp
 from tuning import ACCEPT_DEFER_SECONDS
+
+# gunicorn imports this module in its master, before it forks. spaCy must not come with
+# it: in the transformers image, importing thinc asks cupy and torch how many GPUs there
+# are, which starts CUDA, and a forked worker cannot use CUDA after that (device.py).
+if TYPE_CHECKING:
+    from predictor import NerApp
 
 
 class MergingThreadWorker(ThreadWorker):
     @property
-    def flask_app(self) -> NerApp:
+    def flask_app(self) -> "NerApp":
         """The Flask app gunicorn loaded (wsgi.py)."""
         return self.wsgi
 

@@ -2,7 +2,9 @@
 
 `serve` starts gunicorn with --preload, so this module runs once in the gunicorn master:
 the model is loaded and warmed before the workers fork, and every worker shares that one
-copy of its weights (copy-on-write) instead of loading its own.
+copy of its weights (copy-on-write) instead of loading its own. On a GPU there is no
+--preload (a CUDA context does not survive a fork): each worker runs this module itself,
+and loads its own copy on its GPU (device.py).
 """
 
 import gc
