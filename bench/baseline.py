@@ -7,7 +7,7 @@ Python built differently (the host's pyenv build against the image's Debian one)
 spaCy's speed by more than the differences being measured.
 
 usage: baseline.py --sentences N --workers N --latency-texts N [--paired-port PORT]
-                   [--pipe-n] [--transform-bytes B]
+                   [--pipe-n [--expected]] [--transform-bytes B]
                    [--long-document CHARS --reference whole|paragraphs]
 Prints one JSON object on stdout.
 """
@@ -150,14 +150,15 @@ def paired(port, texts):
     return out
 
 
-def pipe_n(texts, n, timed=None):
+def pipe_n(texts, n, timed=None, with_expected=False):
     """nlp.pipe on n processes over `timed` (default: the corpus), as measure() times
     pipe_n: the pipeline loaded, one untimed pass over the corpus first, then the timed
-    run. A yardstick measured again beside what it is held against (bench.py)."""
+    run. A yardstick measured again beside what it is held against (bench.py). With
+    with_expected, (figures, the entities per text)."""
     inprocess.load()
     inprocess.pipe_one_process(texts)
-    figures, _ = inprocess.pipe_processes(texts if timed is None else timed, n)
-    return _rounded(figures)
+    figures, expected = inprocess.pipe_processes(texts if timed is None else timed, n)
+    return (_rounded(figures), expected) if with_expected else _rounded(figures)
 
 
 def transform_yardstick(texts, n, file_bytes):
@@ -193,9 +194,15 @@ def main():
         help="measure only the long-document reference (long_docs.py)",
     )
     parser.add_argument("--reference", choices=["whole", "paragraphs"], default="whole")
+    parser.add_argument(
+        "--expected", action="store_true", help="with --pipe-n: the entities per text too"
+    )
     args = parser.parse_args()
     texts = corpus.sentences(args.sentences)
-    if args.pipe_n:
+    if args.pipe_n and args.expected:
+        figures, expected = pipe_n(texts, args.workers, with_expected=True)
+        out = {"pipe_n": figures, "expected": expected}
+    elif args.pipe_n:
         out = {"pipe_n": pipe_n(texts, args.workers)}
     elif args.transform_bytes:
         out = {"transform_pipe_n": transform_yardstick(texts, args.workers, args.transform_bytes)}

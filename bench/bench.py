@@ -12,8 +12,9 @@ workers against 1, a memory soak of novel words, and the image size. With
 --before-image, the one-text figures and the soak also run against that image,
 interleaved with the image under test. Then large work (image target for the first
 two): a local-mode SDK transform job against nlp.pipe, the container memory of 100 and
-200 MB JSON Lines bodies, and long documents against spaCy's own entities. Every served
-answer is checked
+200 MB JSON Lines bodies, and long documents against spaCy's own entities; a multi-model
+endpoint; and the transformers image serving a tiny transformer pipeline against nlp.pipe
+in that image (transformer_serving.py). Every served answer is checked
 against nlp.pipe's entities for the same texts. Writes results.json, results.md and
 chart.png to bench/results/ (bench/results/quick/ with --quick).
 """
@@ -44,6 +45,7 @@ import mme
 import report
 import targets
 import transform
+import transformer_serving
 
 HERE = Path(__file__).resolve().parent
 BATCH = baseline.BATCH
@@ -80,6 +82,8 @@ FULL = {
     # Multi-model endpoints (issue 15): more models than cores; about 2 minutes.
     "mme_models": 3,
     "mme_rounds": 3,
+    # The transformers image (issue 23): rounds of nlp.pipe, batch and one-text requests.
+    "transformer_rounds": 3,
 }
 # CI: every section, a few seconds each; the figures are not for comparison.
 QUICK = {
@@ -101,6 +105,7 @@ QUICK = {
     "long_document_chars": [150_000, 150_000],
     "mme_models": 2,
     "mme_rounds": 1,
+    "transformer_rounds": 1,
 }
 # The two transform jobs: /execution-parameters decides (what the notebook does: the
 # goal's job), and the real-time limit most examples set (beside it: the time local mode
@@ -893,6 +898,41 @@ def measure_mme(kind, image, texts, n, plan, expected, results):
     )
 
 
+def measure_transformers(kind, start, texts, n, plan, results):
+    """The transformers image serving a tiny transformer pipeline against nlp.pipe in the
+    same image (transformer_serving.py), and the image's size."""
+    image = transformer_serving.image_name()
+    if kind != "image" or not targets.image_exists(image):
+        why = (
+            "the target is the host"
+            if kind != "image"
+            else f"{image} is not built (make image VARIANT=transformers)"
+        )
+        if kind == "image" and targets.in_ci():
+            raise SystemExit(f"bench: {why}; CI must benchmark it")
+        results["transformers"] = {"measured": False, "why": why}
+        return
+    found = transformer_serving.measure(
+        lambda img, model: start(n, False, model_dir=model, image=img),
+        image,
+        texts,
+        n,
+        plan["transformer_rounds"],
+        FORMS,
+        lambda form, bodies, expected: check_entities(form, bodies, expected)[0],
+    )
+    found["image"] = targets.image_info(image)
+    results["transformers"] = found
+    results["correctness"]["transformers"] = {
+        k: found[k] for k in ("docs", "runs", "mismatches", "first")
+    }
+    log(
+        f"transformer pipeline on {found['device_line']}: batch {found['batch_over_pipe']}, "
+        f"one-text {found['single_over_pipe']} of nlp.pipe; image "
+        f"{found['image']['size_mb']} MB; {found['mismatches']} entity mismatches"
+    )
+
+
 def main():
     args = parse_args()
     plan = QUICK if args.quick else FULL
@@ -969,6 +1009,7 @@ def main():
     measure_large_bodies(start, kind, texts, n, plan, results)
     measure_long_documents(start, kind, args.image, texts, n, plan, results)
     measure_mme(kind, args.image, texts, n, plan, expected, results)
+    measure_transformers(kind, start, texts, n, plan, results)
     results["image"] = targets.image_info(args.image) if kind == "image" else None
 
     results["meta"]["machine"]["load_average_at_end"] = os.getloadavg()

@@ -137,7 +137,7 @@ def goals(r):
             r["image"]["name"] if r["image"] else "target is the host",
         ),
     ]
-    out += large_work_goals(r) + mme_goals(r)
+    out += large_work_goals(r) + mme_goals(r) + transformer_goals(r)
     return [
         {
             "goal": g,
@@ -294,17 +294,71 @@ def mme_goals(r):
     ]
 
 
-def mme_table(r):
-    """A multi-model endpoint's figures: loads, memory per model and after unloading,
-    traffic spread over several models against the same traffic to one."""
-    mm = r.get("mme", {})
-    lines = [
+# The transformer pipeline's goal (issue 23): the model costs milliseconds per text, so the
+# HTTP path must not show beside it.
+TRANSFORMER_GOAL = 0.95
+
+
+def transformer_goals(r):
+    """Served against nlp.pipe in the transformers image: batch and one-text requests."""
+    t = r.get("transformers", {})
+    names = {
+        "batch_ratio": "transformer pipeline: batch requests / nlp.pipe",
+        "single_ratio": "transformer pipeline: one-text requests / nlp.pipe",
+    }
+    if not t.get("measured"):
+        why = t.get("why", "not measured")
+        return [(g, f">= {TRANSFORMER_GOAL:g}", None, lambda v: True, why) for g in names.values()]
+    how = (
+        f"{t['clients']} clients, {t['workers']} workers on {t['device_line']}, median of "
+        f"{t['rounds']} rounds alternating with nlp.pipe on {t['workers']} processes"
+    )
+    return [
+        (g, f">= {TRANSFORMER_GOAL:g}", t[key], lambda v: v >= TRANSFORMER_GOAL, how)
+        for key, g in names.items()
+    ]
+
+
+def figure_table_head(r):
+    """The opening of a figure | measured | how table: which run it comes from."""
+    return [
         f"From the run of {r['meta']['date']} (`bench/results/results.json`), "
         f"{r['meta']['machine']['cores']} cores.",
         "",
         "| figure | measured | how |",
         "|---|---|---|",
     ]
+
+
+def transformer_table(r):
+    """The transformers image: served against nlp.pipe, and its size."""
+    t = r.get("transformers", {})
+    lines = figure_table_head(r)
+    if not t.get("measured"):
+        return lines + [f"| transformer pipeline | — | {t.get('why', 'not measured')} |"]
+    rounds = f"{t['rounds']} rounds, each nlp.pipe then the requests"
+    return lines + [
+        f"| batch requests / nlp.pipe | {t['batch_ratio']:.2f} "
+        f"({'/'.join(f'{x:.0f}' for x in t['batch_docs_per_s'])} against "
+        f"{'/'.join(f'{x:.0f}' for x in t['pipe_n_docs_per_s'])} docs/s) | `texts` of "
+        f"{r['meta']['corpus']['batch_size']} from {t['clients']} clients, {t['docs']:,} "
+        f"sentences; nlp.pipe on {t['workers']} processes in the same image; {rounds} |",
+        f"| one-text requests / nlp.pipe | {t['single_ratio']:.2f} "
+        f"({'/'.join(f'{x:.0f}' for x in t['single_docs_per_s'])} docs/s) | one `text` per "
+        f"request from {t['clients']} clients, merged into shared calls |",
+        f"| device | {t['device_line']} | the start-up log line |",
+        f"| image size | {t['image']['size_mb']:,.0f} MB | `{t['image']['name']}` "
+        "(torch's CUDA build and its libraries) |",
+        f"| served entities unlike nlp.pipe's | {t['mismatches']} | every answer of every "
+        f"run checked; {t['pipeline']} |",
+    ]
+
+
+def mme_table(r):
+    """A multi-model endpoint's figures: loads, memory per model and after unloading,
+    traffic spread over several models against the same traffic to one."""
+    mm = r.get("mme", {})
+    lines = figure_table_head(r)
     if not mm.get("measured"):
         return lines + [f"| multi-model endpoint | — | {mm.get('why', 'not measured')} |"]
     k = mm["models"]
@@ -503,6 +557,7 @@ def markdown(r):
         *large_work_table(r),
     ]
     lines += ["", "## Multi-model endpoint", "", *mme_table(r)]
+    lines += ["", "## Transformer pipeline", "", *transformer_table(r)]
     lines += [
         "",
         "## In-process baseline (same model, same components)",
@@ -1096,6 +1151,7 @@ READMES = {
     "scale": "docs/deploying.md",
     "large-work": "docs/deploying.md",
     "mme": "docs/deploying.md",
+    "transformers": "docs/pipelines.md",
     "results": "bench/README.md",
     "soak": "bench/README.md",
 }
@@ -1109,6 +1165,7 @@ def readme_tables(r):
         "scale": "\n".join(scale_table(r)),
         "large-work": "\n".join(large_work_table(r)),
         "mme": "\n".join(mme_table(r)),
+        "transformers": "\n".join(transformer_table(r)),
         "results": markdown(r),
         "soak": "\n".join(soak_table(r)),
     }
