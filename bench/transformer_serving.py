@@ -3,11 +3,12 @@ against nlp.pipe in the same image, on the same cores.
 
 The pipeline is the tests' tiny curated-transformers BERT + ner
 (harness.pipelines.transformer_pipeline), trained inside the image, since no weights can
-be fetched from a model hub. Its model costs milliseconds per text, so what is measured
-is whether the HTTP path shows beside it. Each round runs, one after the other, nlp.pipe
-on N processes in the image (one intra-op thread each, as the server's workers have),
-batch requests and one-text requests from CLIENTS clients; the goal's ratios are the
-medians of the rounds'. Every served answer is checked against nlp.pipe's entities.
+be fetched from a model hub. Its model is far cheaper per text than a real transformer's,
+so what is measured is whether the HTTP path shows beside it. Each round runs, one after
+the other, nlp.pipe on N processes in the image (one intra-op thread each, as the
+server's workers have), batch requests and one-text requests from CLIENTS clients; the
+goal's ratios are the medians of the rounds'. Every served answer is checked against
+nlp.pipe's entities.
 """
 
 import json
@@ -18,28 +19,10 @@ import tempfile
 from pathlib import Path
 
 import load
+from harness.pipelines import transformer_pipeline_in_image
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 CLIENTS = 32  # the issue's clients, for both request forms
-
-
-def build_pipeline(image, folder):
-    """Train the tiny transformer pipeline inside the image into folder/trf; its path."""
-    folder.chmod(0o777)
-    script = (
-        "import sys; sys.path.insert(0, '/src'); from pathlib import Path; "
-        "from harness.pipelines import transformer_pipeline; "
-        "transformer_pipeline(Path('/out/trf'))"
-    )
-    subprocess.run(
-        ["docker", "run", "--rm", "--network", "none", "-v", f"{ROOT}:/src:ro"]
-        + ["-v", f"{folder}:/out", image, "python", "-c", script],
-        check=True,
-        capture_output=True,
-        timeout=900,
-    )
-    return folder / "trf"
 
 
 def yardstick(image, model, sentences, n):
@@ -63,7 +46,7 @@ def measure(start, image, texts, n, rounds, forms, check):
     """The figures, or why there are none. start(image, model_dir) -> a started server;
     forms: bench.FORMS; check(form, bodies, expected) -> its mismatch record."""
     with tempfile.TemporaryDirectory(prefix="bench-transformer-") as tmp:
-        model = build_pipeline(image, Path(tmp))
+        model = transformer_pipeline_in_image(image, Path(tmp))
         server = start(image, model)
         try:
             return _rounds(server, image, model, texts, n, rounds, forms, check)

@@ -3,6 +3,8 @@ downloaded), for the tests and the benchmark.
 
 - spancat_pipeline: a shared tok2vec that ner and spancat both listen to; spancat writes
   overlapping spans with scores under SPANS_KEY.
+- transformer_pipeline: a tiny curated-transformers BERT + ner; it needs the transformers
+  image, so transformer_pipeline_in_image trains it there.
 - custom_code_model: a model.tar.gz's contents whose one component is a factory of its
   own, in code/, which needs a package that code/requirements.txt names (its wheel in
   code/wheels/, built here).
@@ -310,3 +312,23 @@ def transformer_pipeline(path: Path, sentences: int = 400, steps: int = 200) -> 
     nlp.to_disk(path)
     chars.unlink()
     return path
+
+
+def transformer_pipeline_in_image(image: str, folder: Path, docker: str = "docker") -> Path:
+    """Train transformer_pipeline inside `image` (the transformers variant: torch and
+    spacy-curated-transformers are there, not on the host), as this user, with no
+    network; saved to folder/trf, its path."""
+    script = (
+        "import sys; sys.path.insert(0, '/src'); from pathlib import Path; "
+        "from harness.pipelines import transformer_pipeline; "
+        "transformer_pipeline(Path('/out/trf'))"
+    )
+    command = [docker, "run", "--rm", "--network", "none"]
+    command += ["--user", f"{os.getuid()}:{os.getgid()}", "-e", "HOME=/tmp"]
+    command += ["-v", f"{Path(__file__).resolve().parent.parent}:/src:ro", "-v", f"{folder}:/out"]
+    done = subprocess.run(
+        [*command, image, "python", "-c", script], capture_output=True, text=True, timeout=900
+    )
+    if done.returncode:
+        raise RuntimeError(f"training the transformer pipeline in {image}: {done.stderr[-3000:]}")
+    return folder / "trf"

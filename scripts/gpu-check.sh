@@ -23,7 +23,6 @@ docker run --rm --gpus all "$image" true ||
 exec .venv/bin/python - "$image" <<'EOF'
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,20 +32,13 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, os.getcwd())
-from harness.pipelines import span_sentences  # noqa: E402
+from harness.pipelines import span_sentences, transformer_pipeline_in_image  # noqa: E402
 from harness.servers import Container  # noqa: E402
 
 image = sys.argv[1]
 out = Path(tempfile.mkdtemp(prefix="gpu-check-"))
-out.chmod(0o777)
-train = "import sys; sys.path.insert(0, '/src'); from pathlib import Path; " \
-    "from harness.pipelines import transformer_pipeline; transformer_pipeline(Path('/out/trf'))"
-subprocess.run(
-    ["docker", "run", "--rm", "-v", f"{os.getcwd()}:/src:ro", "-v", f"{out}:/out", image,
-     "python", "-c", train],
-    check=True,
-)
-model = ("-v", f"{out / 'trf'}:/opt/ml/model:ro")
+trained = transformer_pipeline_in_image(image, out)
+model = ("-v", f"{trained}:/opt/ml/model:ro")
 texts = [t for t, _ in span_sentences(4000, seed=21)]
 batches = [texts[i : i + 100] for i in range(0, len(texts), 100)]
 

@@ -5,15 +5,14 @@ answers equal nlp.pipe's in the same image, through every request form. The cpu 
 refuses the pipeline with one line naming the variant to build."""
 
 import json
-import os
 import re
 import subprocess
 
 import pytest
 import requests
 
-from conftest import ROOT, baked
-from harness.pipelines import pipeline_wheel, span_sentences
+from conftest import baked
+from harness.pipelines import pipeline_wheel, span_sentences, transformer_pipeline_in_image
 from harness.servers import Container
 
 TEXTS = [text for text, _ in span_sentences(24, seed=11)]
@@ -37,28 +36,11 @@ PARAGRAPHS = [p + "\n\n" for p in paragraphs()]
 LONG_TEXT = "".join(PARAGRAPHS)
 
 
-def in_image(docker, image, script, *mounts, timeout=600):
-    """python -c script in a throwaway container of image, the project at /src (read
-    only), as this user; its stdout."""
-    args = [docker, "run", "--rm", "--user", f"{os.getuid()}:{os.getgid()}", "-e", "HOME=/tmp"]
-    args += ["-v", f"{ROOT}:/src:ro", *mounts, image, "python", "-c", script]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return done.stdout
-
-
 @pytest.fixture(scope="module")
 def trf_model(docker, transformers_image, tmp_path_factory):
-    out = tmp_path_factory.mktemp("transformer")
-    out.chmod(0o777)
-    script = (
-        "import sys; sys.path.insert(0, '/src')\n"
-        "from pathlib import Path\n"
-        "from harness.pipelines import transformer_pipeline\n"
-        "transformer_pipeline(Path('/out/trf'))\n"
+    return transformer_pipeline_in_image(
+        transformers_image, tmp_path_factory.mktemp("transformer"), docker
     )
-    in_image(docker, transformers_image, script, "-v", f"{out}:/out")
-    return out / "trf"
 
 
 @pytest.fixture(scope="module")

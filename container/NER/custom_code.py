@@ -179,17 +179,10 @@ def import_modules(code_dir: str, names: Sequence[str]) -> None:
     is already taken: first on the path, it would hide that module from everything else
     (the server's own modules are top-level modules too)."""
     for name in top_level_names(code_dir) if code_dir not in sys.path else []:
-        taken = sys.modules.get(name)
-        where = getattr(taken, "__file__", None) if taken else None
-        if taken is None:
-            spec = importlib.util.find_spec(name)
-            where = spec.origin if spec else None
-            if spec is None:
-                continue
-        if not _is_inside(where, code_dir):
+        where = _origin(name)
+        if where is not None and not _is_inside(where, code_dir):
             raise CodeError(
-                f"code/{name} has the name of a module the server already uses "
-                f"({where or 'built in'}); rename it"
+                f"code/{name} has the name of a module the server already uses ({where}); rename it"
             )
     if code_dir not in sys.path:
         sys.path.insert(0, code_dir)
@@ -201,6 +194,16 @@ def import_modules(code_dir: str, names: Sequence[str]) -> None:
                 f"cannot import {name!r} from {code_dir}: {type(e).__name__}: {e}"
             ) from None
         log.info("imported %s from %s", name, code_dir)
+
+
+def _origin(name: str) -> str | None:
+    """Where the module `name` comes from now ("built-in" for one compiled in), or None
+    when nothing of that name can be imported."""
+    taken = sys.modules.get(name)
+    if taken is not None:
+        return getattr(taken, "__file__", None) or "built-in"
+    spec = importlib.util.find_spec(name)
+    return None if spec is None else spec.origin or "built-in"
 
 
 def _is_inside(path: str | None, folder: str) -> bool:

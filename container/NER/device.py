@@ -52,7 +52,7 @@ def visible_gpus(
     listed = [d for d in cuda_visible_devices.split(",") if d.strip()]
     if not listed or listed[0].strip().startswith("-"):
         return 0
-    return min(found, len(listed)) if found else 0
+    return min(found, len(listed))
 
 
 def take_slot(folder: str, gpus: int, per_gpu: int) -> int:

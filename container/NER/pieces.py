@@ -115,9 +115,7 @@ def _joined(results: list[Result], spans: Cuts) -> Result:
     return whole
 
 
-def _shifted(
-    per_piece: list[Records], spans: list[tuple[int, int, int]], exclusive: bool
-) -> Records:
+def _shifted(per_piece: list[Records], spans: Cuts, exclusive: bool) -> Records:
     """The pieces' records on the whole text. `exclusive`: a record that would overlap
     one kept from the previous piece is dropped too (entities never overlap)."""
     kept: Records = []

@@ -21,12 +21,12 @@ if TYPE_CHECKING:  # spaCy is imported where a pipeline is loaded: the manager n
     from spacy.language import Language
 
 log = logging.getLogger("ner.pipeline")
-# What every pipeline runs once before it is served.
 CODE_DOC = "docs/pipelines.md#custom-code"
 TRANSFORMERS_DOC = "docs/pipelines.md#transformer-pipelines"
 # Where spaCy's own components come from (and the packages that add pipelines to it): a
 # component of theirs declares what it sets.
 LIBRARY_PACKAGES = ("spacy", "spacy_legacy", "spacy_curated_transformers", "thinc")
+# What every pipeline runs once before it is served.
 WARM_UP = "Warm-up: Apple is looking at buying U.K. startup for $1 billion."
 
 
