@@ -63,10 +63,10 @@ notebook: $(NB_VENV)/.installed image
 	$(NB_VENV)/bin/papermill notebook.ipynb notebook.out.ipynb -k python3 \
 		-p LOCAL_MODE True -p IMAGE_URI "$(IMAGE)"
 
-# Against the image when Docker answers (built first, as for `test`), else the host.
+# Against the images when Docker answers (both built first, as for `test`), else the host.
 # BEFORE_IMAGE: an image of an earlier version, for the before/after figures.
 bench: $(VENV)/.installed
-	if scripts/docker-ready.sh; then $(MAKE) image; fi
+	if scripts/docker-ready.sh; then $(MAKE) image && $(MAKE) image VARIANT=transformers; fi
 	$(PY) bench/bench.py $(if $(BEFORE_IMAGE),--before-image $(BEFORE_IMAGE))
 
 bench-quick: $(VENV)/.installed

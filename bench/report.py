@@ -338,12 +338,12 @@ def transformer_table(r):
         return lines + [f"| transformer pipeline | — | {t.get('why', 'not measured')} |"]
     rounds = f"{t['rounds']} rounds, each nlp.pipe then the requests"
     return lines + [
-        f"| batch requests / nlp.pipe | {t['batch_ratio']:.2f} "
+        f"| batch requests / nlp.pipe | {t['batch_ratio']:.3f} "
         f"({'/'.join(f'{x:.0f}' for x in t['batch_docs_per_s'])} against "
         f"{'/'.join(f'{x:.0f}' for x in t['pipe_n_docs_per_s'])} docs/s) | `texts` of "
         f"{r['meta']['corpus']['batch_size']} from {t['clients']} clients, {t['docs']:,} "
         f"sentences; nlp.pipe on {t['workers']} processes in the same image; {rounds} |",
-        f"| one-text requests / nlp.pipe | {t['single_ratio']:.2f} "
+        f"| one-text requests / nlp.pipe | {t['single_ratio']:.3f} "
         f"({'/'.join(f'{x:.0f}' for x in t['single_docs_per_s'])} docs/s) | one `text` per "
         f"request from {t['clients']} clients, merged into shared calls |",
         f"| device | {t['device_line']} | the start-up log line |",
