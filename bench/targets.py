@@ -27,6 +27,7 @@ from harness.servers import (  # noqa: E402,F401 (MultiModelEndpoint: for mme.py
     host_env,
     image_exists,
     in_ci,
+    shared_with_containers,
 )
 
 TargetError = ServerError
@@ -128,7 +129,10 @@ class ImageServer(Server):
         # front end does. A published port (-p on loopback) sends every byte through
         # Docker's userland docker-proxy, which costs CPU on these same cores and is not in
         # SageMaker's request path.
-        volumes = ["-v", f"{self.model_dir}:/opt/ml/model:ro"] if self.model_dir else []
+        volumes = []
+        if self.model_dir:
+            shared_with_containers(self.model_dir)
+            volumes = ["-v", f"{self.model_dir}:/opt/ml/model:ro"]
         started = time.perf_counter()
         # `serve` as the command, as SageMaker runs it.
         self.container = Container(

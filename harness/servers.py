@@ -58,6 +58,18 @@ def image_exists(image: str) -> bool:
     )
 
 
+def shared_with_containers(folder: str | os.PathLike[str]) -> Path:
+    """folder and everything in it made readable by any user: the image runs as a user of
+    its own (uid 10001), which must read a folder mounted from this host whatever its
+    owner, as it must on SageMaker. folder, as a Path."""
+    root = Path(folder)
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        path.chmod(0o755 if path.is_dir() else path.stat().st_mode & 0o777 | 0o444)
+    return root
+
+
 def wait_until(
     condition: Callable[[], object], message: str, timeout: float = 30, interval: float = 0.01
 ) -> None:
@@ -253,6 +265,7 @@ class MultiModelEndpoint(Container):
         env: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
+        shared_with_containers(store)
         super().__init__(
             image,
             ("-v", f"{store}:/opt/ml/models:ro", *run_args),

@@ -16,12 +16,16 @@
 #   VARIANT              cpu (default: spaCy's own CNN pipelines) or transformers (adds
 #                        torch, spacy-curated-transformers and cupy, for transformer
 #                        pipelines on a GPU or on CPU; linux/amd64 only)
+#   DEBIAN_UPDATES       a new value reruns the image's apt layer instead of taking it
+#                        from the build cache, so that the Debian updates published since
+#                        go in (default: today's date, UTC: the first build of a day takes
+#                        them; a fixed value keeps the cached layer; make audit checks)
 #   PLATFORM             target platform (default linux/amd64: SageMaker runs x86-64)
 #   DOCKER               the docker client to use (default: the first one with BuildKit)
 set -euo pipefail
 
 usage() {
-    echo "usage: [BASE_IMAGE=...] [PIP_CERT=FILE] [SPACY_MODEL_PACKAGE=...] [VARIANT=cpu|transformers] [PLATFORM=...] $0 IMAGE_REF" >&2
+    echo "usage: [BASE_IMAGE=...] [PIP_CERT=FILE] [DEBIAN_UPDATES=...] [SPACY_MODEL_PACKAGE=...] [VARIANT=cpu|transformers] [PLATFORM=...] $0 IMAGE_REF" >&2
     exit 2
 }
 die() { echo "build-image.sh: $*" >&2; exit 1; }
@@ -103,6 +107,7 @@ fi
 
 args=(--platform "$platform" --tag "$image_ref" --file "$context/Dockerfile" --build-arg "VARIANT=$variant")
 [ -z "${BASE_IMAGE:-}" ] || args+=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
+args+=(--build-arg "DEBIAN_UPDATES=${DEBIAN_UPDATES:-$(date -u +%F)}")
 [ -z "${PIP_CERT:-}" ] || args+=(--secret "id=pip_cert,src=$PIP_CERT")
 
 # A local wheel file is outside the build context: build from a copy of container/ with

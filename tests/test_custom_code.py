@@ -19,7 +19,7 @@ from harness.pipelines import (
     custom_code_model,
     custom_code_package,
 )
-from harness.servers import Container, MultiModelEndpoint
+from harness.servers import Container, MultiModelEndpoint, shared_with_containers
 
 
 @pytest.fixture(scope="module")
@@ -134,9 +134,7 @@ def unpacked_model_tar_gz(folder, into):
         into.mkdir(parents=True)
         with tarfile.open(archive) as tar:
             tar.extractall(into, filter="data")
-    for path in [into, *into.rglob("*")]:
-        path.chmod(0o777 if path.is_dir() else 0o666)  # any container user reads it
-    return into
+    return shared_with_containers(into)
 
 
 # No index can be reached: the requirement must come from code/wheels/, as in a VPC.

@@ -91,9 +91,7 @@ def store(tmp_path_factory, tiny_model):
         capture_output=True,
         timeout=300,
     )
-    for path in [root, *root.rglob("*")]:
-        path.chmod(0o777 if path.is_dir() else 0o666)  # any container user reads it
-    return root
+    return servers.shared_with_containers(root)
 
 
 class Endpoint(servers.MultiModelEndpoint):

@@ -152,6 +152,9 @@ def test_nginx_answers_its_own_errors_in_json_too(server):
     assert answer.startswith("HTTP/1.1 400") and '"code":"bad_request"' in answer, answer
     response = requests.post(f"{server.url}/ping", timeout=2)
     assert response.status_code == 405 and response.headers["Allow"] == "GET"
+    response = requests.request("TRACE", f"{server.url}/invocations", timeout=2)  # nginx's own
+    assert response.status_code == 405 and response.headers["Allow"] == "POST"
+    assert response.json()["error"]["code"] == "method_not_allowed"
 
 
 def test_headers_larger_than_sagemaker_sends_reach_the_app(server):

@@ -72,6 +72,7 @@ def main(image, input_dir, output_dir, job):
     # which it mounts at /opt/ml/model: an empty folder serves the baked pipeline, as a
     # model without one does on AWS.
     no_model = tempfile.mkdtemp(prefix="no-model-")
+    os.chmod(no_model, 0o755)  # mkdtemp's 0700 would hide it from the image's own user
     sm.create_model(
         ModelName=name,
         ExecutionRoleArn="arn:aws:iam::123456789012:role/local",

@@ -147,7 +147,10 @@ def _pip_install(requirements: str, target: str, code_dir: str) -> None:
     # installs only what they lack (--target would install every dependency again).
     command = [sys.executable, "-m", "pip", "install", "--prefix", target, "-r", requirements]
     command += ["-c", image_constraints(target)]
+    # --no-cache-dir: one install per code dir has nothing to reuse, and the image's user
+    # has no home for pip's cache.
     command += ["--disable-pip-version-check", "--no-input", "--no-warn-script-location"]
+    command += ["--no-cache-dir"]
     command += ["--retries", str(PIP_RETRIES), "--timeout", str(PIP_TIMEOUT_SECONDS)]
     wheels = os.path.join(code_dir, "wheels")
     if os.path.isdir(wheels):

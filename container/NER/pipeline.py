@@ -34,6 +34,16 @@ class ModelError(RuntimeError):
     """The model cannot be served; the message says why in one line."""
 
 
+def unreadable_hint() -> str:
+    # The image runs as a user of its own (uid 10001), which reads a mounted or unpacked
+    # model only where its files are readable by others.
+    return (
+        f"this server runs as uid {os.getuid()}, which cannot read it: make the files "
+        "readable by others (chmod -R a+rX before packing or mounting), or run the "
+        "container as their owner (docker run --user)"
+    )
+
+
 def is_pipeline_dir(path: str) -> bool:
     """A folder written by `nlp.to_disk` (or a packaged pipeline's data folder)."""
     return os.path.isfile(os.path.join(path, "config.cfg")) and os.path.isfile(
@@ -45,9 +55,15 @@ def find_in_model_dir(model_dir: str) -> str | None:
     """The pipeline folder inside model_dir, or None when model_dir holds no files at all."""
     if not os.path.isdir(model_dir):
         return None
+    if not os.access(model_dir, os.R_OK | os.X_OK):
+        raise ModelError(f"{model_dir}: {unreadable_hint()}")
     if is_pipeline_dir(model_dir):
         return model_dir
     entries = [e for e in sorted(os.listdir(model_dir)) if not e.startswith(".")]
+    for entry in entries:
+        path = os.path.join(model_dir, entry)
+        if os.path.isdir(path) and not os.access(path, os.R_OK | os.X_OK):
+            raise ModelError(f"{path}: {unreadable_hint()}")
     if not entries:
         return None
     candidates = [
@@ -144,11 +160,13 @@ def _load_with_code(name: str, source: str, settings: Settings) -> "Language":
     from custom_code import CodeError, load_code
 
     if os.path.isdir(name):
-        check_transformers(name, source)
         try:
+            check_transformers(name, source)
             load_code(name, settings.model_dir, settings.code_modules)
         except CodeError as e:
             raise ModelError(f"model {name!r} (from {source}): {e}") from None
+        except PermissionError as e:
+            raise ModelError(f"{e.filename}: {unreadable_hint()}") from None
     import spacy  # here, not above: the model manager finds pipelines without spaCy
 
     try:
@@ -162,6 +180,8 @@ def _load_with_code(name: str, source: str, settings: Settings) -> "Language":
             )
         elif "Can't find factory" in reason or "Could not find function" in reason:
             reason += f" Is it in code/ beside the pipeline? ({CODE_DOC})"
+        elif isinstance(e, PermissionError) and str(e.filename).startswith(name):
+            reason += f": {unreadable_hint()}"
         raise ModelError(f"cannot load spaCy model {name!r} (from {source}): {reason}") from None
 
 
