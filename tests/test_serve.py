@@ -260,17 +260,30 @@ def test_one_large_jsonlines_request_runs_in_parts_on_every_worker(server):
     assert len({int(line.split()[2]) for line in part_lines()}) > 1
 
 
-def test_ping_is_not_access_logged_but_invocations_are(server):
+def test_an_invocation_is_logged_once_and_nginxs_own_answers_by_nginx(server):
+    """One line per invocation a worker answers: the worker's, with SageMaker's inference
+    id, the status and the times; nginx's access log only for what nginx answers itself
+    (here a 405), and /ping in neither."""
     for _ in range(3):
         requests.get(f"{server.url}/ping", timeout=2)
-    invoke(server, {"text": APPLE})
-    # nginx writes the access log line after the answer has gone: wait for it.
+    headers = {"X-Amzn-SageMaker-Inference-Id": "once-1234"}
+    r = requests.post(f"{server.url}/invocations", json={"text": APPLE}, headers=headers)
+    assert r.status_code == 200
+    assert requests.get(f"{server.url}/invocations", timeout=5).status_code == 405
+    # nginx writes its line after the answer has gone, the worker once the body is sent.
     wait_until(
-        lambda: '"POST /invocations HTTP/1.1" 200' in server.logs(),
-        "no access log line for POST /invocations",
+        lambda: (
+            '"GET /invocations HTTP/1.1" 405' in server.logs() and "id=once-1234" in server.logs()
+        ),
+        "no log line of the 405, or none of the invocation",
         timeout=10,
     )
-    assert "GET /ping" not in server.logs()
+    logs = server.logs()
+    line = next(line for line in logs.splitlines() if "id=once-1234" in line)
+    assert "status=200" in line and "total_ms=" in line, line
+    assert logs.count("once-1234") == 1, "the invocation is logged more than once"
+    assert '"POST /invocations HTTP/1.1" 200' not in logs
+    assert "GET /ping" not in logs
 
 
 def test_ping_stays_fast_while_every_worker_is_busy(serve_with_plugins, hold):
