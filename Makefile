@@ -14,7 +14,7 @@ export IMAGE TRANSFORMERS_IMAGE
 # What shellcheck checks: every shell script of the project.
 SHELL_SCRIPTS := .ci/run build_and_push.sh $(wildcard scripts/*.sh)
 
-.PHONY: help serve test lint format image audit sbom notebook bench bench-quick pins clean
+.PHONY: help serve test lint format image audit sbom notebook bench bench-quick profile pins clean
 
 help:
 	@echo "make serve   serve the model on port 8080 (in the image when Docker answers, else on the host)"
@@ -27,6 +27,7 @@ help:
 	@echo "make notebook  run notebook.ipynb in local mode (no AWS account) into notebook.out.ipynb"
 	@echo "make bench   measure serving against in-process spaCy; writes bench/results/"
 	@echo "make bench-quick  the small benchmark CI runs; writes bench/results/quick/"
+	@echo "make profile where a one-text request's CPU goes, and candidate cuts; docs/how-it-works.md"
 	@echo "make pins    recompile the pinned requirement files after editing a *.in file"
 	@echo "make clean   remove the virtual environments"
 
@@ -69,7 +70,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/hadolint container/Dockerfile
+	$(VENV)/bin/hadolint container/Dockerfile bench/toolkit/Dockerfile
 	$(VENV)/bin/shellcheck --external-sources $(SHELL_SCRIPTS)
 
 format: $(VENV)/.installed
@@ -107,6 +108,12 @@ bench: $(VENV)/.installed
 bench-quick: $(VENV)/.installed
 	if scripts/docker-ready.sh; then $(MAKE) image; fi
 	$(PY) bench/bench.py --quick
+
+# Needs Docker: both run the image (docs/how-it-works.md, "Where a request's CPU goes").
+profile: $(VENV)/.installed
+	$(MAKE) image
+	$(PY) bench/cpu_profile.py
+	$(PY) bench/candidates.py
 
 pins:
 	scripts/compile-pins.sh

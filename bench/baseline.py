@@ -7,7 +7,7 @@ Python built differently (the host's pyenv build against the image's Debian one)
 spaCy's speed by more than the differences being measured.
 
 usage: baseline.py --sentences N --workers N --latency-texts N [--paired-port PORT]
-                   [--pipe-n [--expected]] [--transform-bytes B]
+                   [--pipe-n [--expected]] [--pipe-cpu] [--transform-bytes B]
                    [--long-document CHARS --reference whole|paragraphs]
 Prints one JSON object on stdout.
 """
@@ -161,6 +161,15 @@ def pipe_n(texts, n, timed=None, with_expected=False):
     return (_rounded(figures), expected) if with_expected else _rounded(figures)
 
 
+def pipe_cpu(texts):
+    """nlp.pipe's CPU per document on one process, after one untimed pass: the model's
+    own cost of a document, which a served request's CPU is held to (cpu_profile.py)."""
+    inprocess.load()
+    inprocess.pipe_one_process(texts)
+    figures, _ = inprocess.pipe_one_process(texts)
+    return _rounded(figures)
+
+
 def transform_yardstick(texts, n, file_bytes):
     """pipe_n over the transform job's records (transform.py's layout)."""
     return pipe_n(texts, n, transform.record_texts(texts, file_bytes))
@@ -180,6 +189,11 @@ def main():
         "--pipe-n",
         action="store_true",
         help="measure only nlp.pipe on the workers' processes over the corpus",
+    )
+    parser.add_argument(
+        "--pipe-cpu",
+        action="store_true",
+        help="measure only nlp.pipe's CPU per document on one process over the corpus",
     )
     parser.add_argument(
         "--transform-bytes",
@@ -204,6 +218,8 @@ def main():
         out = {"pipe_n": figures, "expected": expected}
     elif args.pipe_n:
         out = {"pipe_n": pipe_n(texts, args.workers)}
+    elif args.pipe_cpu:
+        out = {"pipe_cpu": pipe_cpu(texts)}
     elif args.transform_bytes:
         out = {"transform_pipe_n": transform_yardstick(texts, args.workers, args.transform_bytes)}
     elif args.long_document:

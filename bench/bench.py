@@ -13,8 +13,10 @@ workers against 1, a memory soak of novel words, and the image size. With
 interleaved with the image under test. Then large work (image target for the first
 two): a local-mode SDK transform job against nlp.pipe, the container memory of 100 and
 200 MB JSON Lines bodies, and long documents against spaCy's own entities; a multi-model
-endpoint; and the transformers image serving a tiny transformer pipeline against nlp.pipe
-in that image (transformer_serving.py). Every served answer is checked
+endpoint; AWS's inference toolkit on Multi Model Server beside the image (toolkit.py); and
+the transformers image serving a tiny transformer pipeline against nlp.pipe in that image
+(transformer_serving.py). The single-text limit's rounds also give the CPU efficiency: the
+server's CPU per one-text request against nlp.pipe's per document. Every served answer is checked
 against nlp.pipe's entities for the same texts. Writes results.json, results.md and
 chart.png to bench/results/ (bench/results/quick/ with --quick).
 """
@@ -44,6 +46,7 @@ import long_docs
 import mme
 import report
 import targets
+import toolkit
 import transform
 import transformer_serving
 
@@ -84,6 +87,10 @@ FULL = {
     "mme_rounds": 3,
     # The transformers image (issue 23): rounds of nlp.pipe, batch and one-text requests.
     "transformer_rounds": 3,
+    # AWS's inference toolkit on Multi Model Server (issue 24): one-text requests at each
+    # client count, alternating with the shipped image; about 5 minutes.
+    "toolkit_clients": [1, 8, 32],
+    "toolkit_rounds": 3,
 }
 # CI: every section, a few seconds each; the figures are not for comparison.
 QUICK = {
@@ -106,6 +113,8 @@ QUICK = {
     "mme_models": 2,
     "mme_rounds": 1,
     "transformer_rounds": 1,
+    "toolkit_clients": [1, 8],
+    "toolkit_rounds": 1,
 }
 # The two transform jobs: /execution-parameters decides (what the notebook does: the
 # goal's job), and the real-time limit most examples set (beside it: the time local mode
@@ -286,10 +295,11 @@ def measure_baseline(
     transform_bytes=None,
     long_document=None,
     pipe_n=False,
+    pipe_cpu=False,
 ):
     """baseline.py's JSON: here for the host target, inside the image for the image.
-    pipe_n, transform_bytes and long_document ((chars, "whole"|"paragraphs")) run only
-    that yardstick."""
+    pipe_n, pipe_cpu, transform_bytes and long_document ((chars, "whole"|"paragraphs"))
+    run only that yardstick."""
     cli = [
         "--sentences",
         str(len(texts)),
@@ -302,6 +312,8 @@ def measure_baseline(
         cli += ["--paired-port", str(paired_port)]
     if pipe_n:
         cli += ["--pipe-n"]
+    if pipe_cpu:
+        cli += ["--pipe-cpu"]
     if transform_bytes:
         cli += ["--transform-bytes", str(transform_bytes)]
     if long_document:
@@ -311,6 +323,8 @@ def measure_baseline(
             return {"paired": baseline.paired(paired_port, texts[: plan["latency_texts"]])}
         if pipe_n:
             return {"pipe_n": baseline.pipe_n(texts, n)}
+        if pipe_cpu:
+            return {"pipe_cpu": baseline.pipe_cpu(texts)}
         return baseline.everything(texts, n, plan["latency_texts"])
     # The image's own Python, spaCy and baked model; this folder mounted read-only. The
     # host's network only for the paired latency, which talks to the server.
@@ -432,12 +446,15 @@ def rules_only_pipeline(folder):
     return folder
 
 
-def measure_http_path(start, texts, n, plan, results):
+def measure_http_path(start, texts, n, plan, results, pipe_cpu):
     """The single-text limit, 1 / (1 / nlp.pipe on N processes + 1 / the HTTP path): the
     docs/s the cores could give one-text requests if serving added nothing but its HTTP
     work to the model's. The HTTP path alone is one-text requests against a rules-only
     pipeline. It and the shipped server, both up at once, are measured alternately at the
-    same client count, repeated, so that the ratio the goal holds compares like moments."""
+    same client count, repeated, so that the ratio the goal holds compares like moments.
+    Each round also holds the shipped server's CPU per request (counted_cpu_seconds) to
+    nlp.pipe's CPU per document, measured just before it (pipe_cpu()): the CPU
+    efficiency, which the server's own HTTP path does not flatter."""
     clients = plan["limit_clients"]
     with tempfile.TemporaryDirectory() as tmp:
         servers = {"served": start(n, False)}
@@ -446,15 +463,27 @@ def measure_http_path(start, texts, n, plan, results):
                 n, False, model_dir=rules_only_pipeline(Path(tmp) / "rules_only")
             )
             rates = {name: [] for name in servers}
-            latencies = {}
+            efficiency, latencies = [], {}
             for server in servers.values():
                 warm(server, texts, n)
             for _ in range(plan["limit_rounds"]):
+                pipe_ms = pipe_cpu()["cpu_ms_per_doc"]
                 for name, server in servers.items():
                     reqs = requests_for(server.port, FORMS["single"][0](texts))
+                    cpu0 = server.counted_cpu_seconds()
                     r = load.run(server.port, reqs, clients)
+                    cpu = server.counted_cpu_seconds() - cpu0
                     rates[name].append(round(len(texts) / r.seconds, 1))
                     latencies[name] = r.latencies
+                    if name == "served":
+                        request_ms = 1000 * cpu / len(texts)
+                        efficiency.append(
+                            {
+                                "pipe_cpu_ms_per_doc": pipe_ms,
+                                "cpu_ms_per_request": round(request_ms, 3),
+                                "ratio": round(pipe_ms / request_ms, 3),
+                            }
+                        )
         finally:
             for server in servers.values():
                 server.stop()
@@ -470,10 +499,17 @@ def measure_http_path(start, texts, n, plan, results):
         "rounds": rates,
         "http_path_latency_ms": ms(latencies["http_path"]),
     }
+    results["cpu_efficiency"] = {
+        "clients": clients,
+        "counted_by": servers["served"].cpu_counted_by,
+        "rounds": efficiency,
+        "ratio": float(np.median([e["ratio"] for e in efficiency])),
+    }
     log(
         f"{clients} clients, alternating: HTTP path alone (rules-only pipeline) "
         f"{rates['http_path']} requests/s, served {rates['served']} docs/s; single-text "
-        f"limit {limit:.0f} docs/s"
+        f"limit {limit:.0f} docs/s; CPU efficiency (nlp.pipe's CPU per document / the "
+        f"server's per request) {[e['ratio'] for e in efficiency]}"
     )
 
 
@@ -898,6 +934,46 @@ def measure_mme(kind, image, texts, n, plan, expected, results):
     )
 
 
+def measure_toolkit(kind, image, start, texts, n, plan, expected, results):
+    """The shipped image against AWS's inference toolkit on Multi Model Server
+    (toolkit.py), both up at once: one-text requests at each client count, alternating,
+    every answer checked against nlp.pipe's entities; memory after the load, and what
+    each answers to a malformed body. The image target only: the toolkit is an image."""
+    if kind != "image":
+        log("the toolkit comparison needs the image target: not measured")
+        results["toolkit"] = None
+        return
+    toolkit.build(image)
+    bodies = FORMS["single"][0](texts)
+    servers = {"ours": start(n, False)}
+    try:
+        log(f"starting the toolkit {toolkit.IMAGE}: {n} workers")
+        servers["toolkit"] = toolkit.start(n)
+        for server in servers.values():
+            toolkit.warm(server, bodies)
+        runs = toolkit.alternate(servers, bodies, plan["toolkit_clients"], plan["toolkit_rounds"])
+        memory = {name: server.memory() for name, server in servers.items()}
+        malformed = {name: toolkit.malformed(server) for name, server in servers.items()}
+    finally:
+        for server in servers.values():
+            server.stop()
+    checks = [
+        check_entities("single", run.pop("run").bodies, expected)[0]
+        for by_name in runs.values()
+        for name_runs in by_name.values()
+        for run in name_runs
+    ]
+    results["correctness"]["toolkit"] = combined(checks)
+    results["toolkit"] = toolkit.summary(runs, memory, malformed)
+    results["toolkit"]["image"] = targets.image_info(toolkit.IMAGE)
+    for c, row in results["toolkit"]["by_clients"].items():
+        log(
+            f"against the toolkit, {c} clients: {row['ours']['docs_per_s']} / "
+            f"{row['toolkit']['docs_per_s']} docs/s (ratio {row['ratio_docs_per_s']}), p50 "
+            f"{row['ours']['p50_ms']} / {row['toolkit']['p50_ms']} ms"
+        )
+
+
 def measure_transformers(kind, start, texts, n, plan, results):
     """The transformers image serving a tiny transformer pipeline against nlp.pipe in the
     same image (transformer_serving.py), and the image's size."""
@@ -998,17 +1074,21 @@ def main():
     def pipe_n():
         return measure_baseline(kind, args.image, texts, n, plan, pipe_n=True)["pipe_n"]
 
+    def pipe_cpu():
+        return measure_baseline(kind, args.image, texts, n, plan, pipe_cpu=True)["pipe_cpu"]
+
     served = measure_served(start, texts, n, plan, expected, results, paired, pipe_n)
     memory_1, cold_1 = measure_one_worker(start, texts, results["memory"][f"workers_{n}"])
     results["memory"].update(memory_1)
     results["cold_start_s"]["workers_1"] = cold_1
     measure_blog(start, texts, n, plan, expected, results)
-    measure_http_path(start, texts, n, plan, results)
+    measure_http_path(start, texts, n, plan, results, pipe_cpu)
     measure_soak_and_before_after(start, texts, n, plan, results, args.before_image)
     measure_transform(kind, args.image, texts, n, plan, expected, results)
     measure_large_bodies(start, kind, texts, n, plan, results)
     measure_long_documents(start, kind, args.image, texts, n, plan, results)
     measure_mme(kind, args.image, texts, n, plan, expected, results)
+    measure_toolkit(kind, args.image, start, texts, n, plan, expected, results)
     measure_transformers(kind, start, texts, n, plan, results)
     results["image"] = targets.image_info(args.image) if kind == "image" else None
 

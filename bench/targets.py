@@ -36,6 +36,8 @@ TargetError = ServerError
 class Server:
     """A started server; subclasses say how to start, stop and list its processes."""
 
+    cpu_counted_by = "the server's processes"  # what counted_cpu_seconds() reads
+
     def __init__(self, workers, full_pipeline, model_dir=None, env=None):
         """model_dir: a pipeline folder served as SageMaker serves ModelDataUrl (mounted
         at /opt/ml/model in the image; SM_MODEL_DIR on the host). env: more settings
@@ -55,14 +57,12 @@ class Server:
         raise NotImplementedError
 
     def cpu_seconds(self):
-        total = 0.0
-        for p in self.processes():
-            try:
-                t = p.cpu_times()
-                total += t.user + t.system
-            except psutil.NoSuchProcess:
-                pass
-        return total
+        return cpu_of(self.processes())
+
+    def counted_cpu_seconds(self):
+        """The server's CPU seconds so far, as exactly as the target allows: its
+        processes' own here, the container's cgroup for the image."""
+        return self.cpu_seconds()
 
     def memory(self):
         """Summed PSS (shared pages split between their sharers), USS and RSS, in MB."""
@@ -120,9 +120,24 @@ class HostServer(Server):
 
 
 class ImageServer(Server):
-    def __init__(self, workers, full_pipeline, image, publish=False, model_dir=None, env=None):
+    cpu_counted_by = "the container's cgroup"
+
+    def __init__(
+        self,
+        workers,
+        full_pipeline,
+        image,
+        publish=False,
+        model_dir=None,
+        env=None,
+        run_args=(),
+        port=None,
+    ):
+        """run_args: more `docker run` arguments (cpu_profile.py's py-spy mount). port:
+        the host port (default: a free one)."""
         super().__init__(workers, full_pipeline, model_dir, env)
-        self.image, self.publish = image, publish
+        self.image, self.publish, self.run_args = image, publish, list(run_args)
+        self.wanted_port = port
 
     def start(self, timeout=120):
         # The host's network by default: the client reaches nginx directly, as SageMaker's
@@ -137,10 +152,11 @@ class ImageServer(Server):
         # `serve` as the command, as SageMaker runs it.
         self.container = Container(
             self.image,
-            volumes,
+            [*volumes, *self.run_args],
             ("serve",),
             env=self.env(),
             network="publish" if self.publish else "host",
+            port=self.wanted_port,
         )
         try:
             self.container.wait_ready(timeout)
@@ -183,8 +199,49 @@ class ImageServer(Server):
             found["nginx"] = ng.stderr.strip().split("/")[-1]
         return found
 
+    def counted_cpu_seconds(self):
+        return self.container_cpu_seconds()
+
+    def container_cpu_seconds(self):
+        """CPU seconds the container's cgroup has used: every process it ever ran (a
+        worker since recycled too), counted by the kernel, and nothing of this host's."""
+        out = subprocess.run(
+            ["docker", "inspect", "-f", "{{.State.Pid}}", self.id],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return cgroup_cpu_seconds(int(out.stdout))
+
     def stop(self):
         self.container.stop()
+
+
+def cpu_of(processes):
+    """The CPU seconds (user and system) of processes so far; one that ended counts 0."""
+    total = 0.0
+    for p in processes:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def cgroup_cpu_seconds(pid):
+    """CPU seconds used so far by the cgroup process pid is in: cgroup v1's cpuacct
+    controller, or v2's unified hierarchy."""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "cpuacct" in controllers.split(","):
+            usage = Path(f"/sys/fs/cgroup/cpuacct{path}/cpuacct.usage").read_text()
+            return int(usage) / 1e9
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        if line.startswith("0::"):
+            stat = Path(f"/sys/fs/cgroup{line[3:]}/cpu.stat").read_text().split()
+            return int(stat[stat.index("usage_usec") + 1]) / 1e6
+    raise TargetError(f"no CPU accounting cgroup for process {pid}")
 
 
 def image_info(image):

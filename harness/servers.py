@@ -197,9 +197,11 @@ class Container:
         inner_port: int = 8080,
         network: str = "publish",
         docker: str = "docker",
+        port: int | None = None,
     ) -> None:
+        """port: the host port (default: a free one)."""
         self.docker, self.image = docker, image
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(env or {})
         if network == "host":

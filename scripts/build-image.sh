@@ -22,6 +22,8 @@
 #                        them; a fixed value keeps the cached layer; make audit checks)
 #   PLATFORM             target platform (default linux/amd64: SageMaker runs x86-64)
 #   DOCKER               the docker client to use (default: the first one with BuildKit)
+#   CONTEXT              the build context, with its Dockerfile (default container/; the
+#                        benchmark builds its toolkit yardstick from bench/toolkit/)
 set -euo pipefail
 
 usage() {
@@ -33,7 +35,7 @@ die() { echo "build-image.sh: $*" >&2; exit 1; }
 { [ $# -eq 1 ] && [ -n "$1" ]; } || usage
 image_ref=$1
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-context=$root/container
+context=${CONTEXT:-$root/container}
 platform=${PLATFORM:-linux/amd64}
 variant=${VARIANT:-cpu}
 case $variant in

@@ -16,6 +16,8 @@ compile container/requirements.in container/requirements.txt
 # After requirements.txt: its pins constrain the transformers variant's (-c).
 (cd container && compile requirements-transformers.in requirements-transformers.txt)
 compile requirements-dev.in requirements-dev.txt
+# The benchmark's toolkit yardstick image (bench/toolkit/Dockerfile), on the serving pins.
+(cd bench/toolkit && compile requirements.in requirements.txt && compile setuptools.in setuptools.txt)
 if [ -f requirements-notebook.in ]; then
     compile requirements-notebook.in requirements-notebook.txt
 fi

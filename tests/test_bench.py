@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, docker_ready, in_ci
+from conftest import ROOT, docker_ready, in_ci, nginx_test
 
 sys.path.insert(0, str(ROOT / "bench"))
 
@@ -90,6 +90,45 @@ def test_both_servers_of_the_single_text_limit_answered_every_round(quick_run):
     for key in ("served_docs_per_s", "http_path_docs_per_s", "limit_docs_per_s"):
         assert positive(limit[key]), key
     assert all(positive(limit["http_path_latency_ms"][p]) for p in ("p50", "p95", "p99"))
+
+
+def test_cpu_efficiency_holds_each_rounds_served_cpu_to_nlp_pipe(quick_run):
+    """Each round of the single-text limit also counted the shipped server's CPU per
+    request (the container's cgroup when the target is the image) against nlp.pipe's CPU
+    per document measured just before it. Serving a text cannot cost less CPU than the
+    model alone, give or take the two moments' noise: a ratio far above 1 means the
+    server's CPU was not all counted."""
+    _, results, _ = quick_run
+    e = results["cpu_efficiency"]
+    if results["meta"]["target"] == "image":
+        assert e["counted_by"] == "the container's cgroup"
+    assert len(e["rounds"]) == len(results["single_text_limit"]["rounds"]["served"])
+    for r in e["rounds"]:
+        assert positive(r["pipe_cpu_ms_per_doc"]) and positive(r["cpu_ms_per_request"])
+        assert 0 < r["ratio"] < 1.5, r
+    assert any(g["goal"].endswith("the server's CPU per request") for g in results["goals"])
+
+
+def test_the_toolkit_served_the_same_entities_beside_ours(quick_run):
+    """AWS's inference toolkit on Multi Model Server (bench/toolkit/) took the same
+    one-text load as the image at each client count, alternating, and every answer of
+    both held nlp.pipe's entities: the two did the same work. Ours answers the malformed
+    body with a JSON 400; the toolkit's answer is reported, whatever it is."""
+    _, results, _ = quick_run
+    t = results["toolkit"]
+    if results["meta"]["target"] != "image":
+        assert t is None
+        return
+    assert set(t["by_clients"]) == {"1", "8"}
+    for row in t["by_clients"].values():
+        assert positive(row["ours"]["docs_per_s"]) and positive(row["toolkit"]["docs_per_s"])
+        assert positive(row["ratio_docs_per_s"])
+    check = results["correctness"]["toolkit"]
+    assert check["mismatches"] == 0 and positive(check["docs"]), check
+    assert positive(t["memory"]["ours"]["pss_mb"]) and positive(t["memory"]["toolkit"]["pss_mb"])
+    assert t["malformed"]["ours"]["status"] == 400, t["malformed"]
+    assert '"error"' in t["malformed"]["ours"]["body"]
+    assert t["malformed"]["toolkit"]["status"] > 0
 
 
 def test_the_soak_samples_memory_from_start_to_end(quick_run):
@@ -288,3 +327,50 @@ def test_a_multi_model_endpoint_loads_serves_and_gives_memory_back(quick_run):
     assert len(mm["one_docs_per_s"]) == len(mm["spread_docs_per_s"]) == mm["rounds"]
     assert all(positive(x) for x in mm["one_docs_per_s"] + mm["spread_docs_per_s"])
     assert mm["mismatches"] == 0 and results["correctness"]["mme"]["mismatches"] == 0
+
+
+# --- make profile: bench/cpu_profile.py and bench/candidates.py ---------------------
+
+
+def test_the_profile_splits_the_containers_cpu_and_finds_the_model(image, tmp_path):
+    """A short cpu_profile.py run against the image: the kernel's count of the container's
+    CPU covers nginx's and the workers' (py-spy runs only in the second run, outside
+    those figures), and py-spy, run inside the container, finds the workers holding the
+    GIL mostly in nlp.pipe and in the HTTP path's parts, not in unclassified code."""
+    command = [sys.executable, str(ROOT / "bench" / "cpu_profile.py"), "--image", image]
+    command += ["--requests", "600", "--clients", "8", "--no-docs", "--out", str(tmp_path)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    p = json.loads((tmp_path / "profile.json").read_text())
+    assert {"nginx", "workers"} <= set(p["cpu_s"])
+    assert 0 < p["cpu_s"]["nginx"] + p["cpu_s"]["workers"] <= 1.05 * p["container_cpu_s"]
+    samples = p["samples"]
+    assert samples["nlp.pipe (the model)"] == max(samples.values()), samples
+    assert samples.get("other Python", 0) < 0.05 * sum(samples.values()), samples
+    assert 0 < p["efficiency"] < 1.5 and p["context_switches_per_request"] > 0
+    assert "| **the container (cgroup)** |" in (tmp_path / "profile.md").read_text()
+
+
+def test_every_candidate_still_applies_to_the_files_it_rewrites(tmp_path, monkeypatch):
+    """Each candidate's edits find their text in today's files (else it would measure
+    the shipped code under another name), and a rewritten nginx.conf still renders into
+    a configuration nginx accepts."""
+    import candidates
+    import launch
+    from settings import Settings
+
+    for i, candidate in enumerate(candidates.CANDIDATES.values()):
+        folder = tmp_path / str(i)
+        folder.mkdir()
+        args = candidates.mounts(candidate, folder)
+        assert len(args) == 2 * len(candidate.get("files", {}))
+        for name, edits in candidate.get("files", {}).items():
+            text = (folder / name).read_text()
+            assert all(new in text for _, new in edits), name
+        if (folder / "nginx.conf").exists():
+            run = folder / "run"
+            run.mkdir()
+            monkeypatch.setattr(launch, "PROGRAM_DIR", str(folder))
+            launch.render_nginx_conf(Settings.from_env({}, cpus=lambda: 1), str(run))
+            checked = nginx_test(run)
+            assert checked.returncode == 0, checked.stderr

@@ -104,6 +104,9 @@ def test_no_page_holds_markers_report_py_does_not_write():
     for page in DOCS:
         relative = str(page.relative_to(ROOT))
         for name in re.findall(r"<!-- bench:([\w-]+):start -->", page.read_text()):
+            if name in report.PROFILE_TABLES:
+                assert report.PROFILE_TABLES[name][0] == relative, (relative, name)
+                continue
             assert report.READMES.get(name) == relative, (
                 f"{relative} holds the markers of {name!r}, which bench/report.py writes "
                 f"into {report.READMES.get(name, 'no file')}"
@@ -123,6 +126,23 @@ def test_the_generated_tables_are_what_report_py_makes_of_the_committed_results(
             f"{relative}: the {name!r} table is not what bench/report.py makes of "
             "bench/results/results.json; run `.venv/bin/python bench/report.py` (never edit "
             "a generated table by hand)"
+        )
+
+
+def test_the_profile_tables_are_what_their_tools_make_of_their_results():
+    """make profile's tables (docs/how-it-works.md) come from bench/results/profile.json
+    and candidates.json, through the tools' own table()."""
+    import importlib
+
+    for name, (relative, results_file, tool) in report.PROFILE_TABLES.items():
+        found = json.loads((ROOT / "bench" / "results" / results_file).read_text())
+        text = (ROOT / relative).read_text()
+        start, end = f"<!-- bench:{name}:start -->\n", f"\n<!-- bench:{name}:end -->"
+        assert text.count(start) == 1 and text.count(end) == 1, (relative, name)
+        written = text[text.index(start) + len(start) : text.index(end)]
+        assert written == importlib.import_module(tool).table(found), (
+            f"{relative}: the {name!r} table is not what bench/{tool}.py makes of "
+            f"bench/results/{results_file}; run `make profile`"
         )
 
 

@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""Candidate cuts to a one-text request's CPU, each measured alone against the image as it is.
+
+usage: candidates.py [--image NAME] [--workers N] [--clients N] [--requests N]
+                     [--rounds N] [--out DIR] [--no-docs]
+
+A candidate is the image with one change: a file of /opt/program rewritten (from this
+repository's copy, mounted read-only over the image's) or a setting. Every candidate and
+the image as shipped are up at once and take the same one-text load in turn, round after
+round (each round starting one further on), so that each is compared with the shipped
+server at like moments. Each run counts the container's cgroup CPU per request. Writes
+candidates.json to --out (bench/results/) and the table into docs/how-it-works.md
+(between its bench:candidates markers) unless --no-docs. A change is kept in the image
+only where this shows it helps; the table says what was tried.
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+import corpus
+import cpu_profile
+import load
+import targets
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PROGRAM = ROOT / "container" / "NER"
+UPSTREAM = "        server unix:@RUN_DIR@/gunicorn.sock fail_timeout=0;\n"
+INVOCATIONS = "        location = /invocations {\n"
+INVOCATIONS_LOG_OFF = (
+    INVOCATIONS
+    + "            access_log off;  # the worker's line (above); an error of nginx's has its own\n"
+)
+# {name: {"files": {file: [(old, new), ...]}, "env": {...}}}; an old text that is not
+# in the file stops the run, so a candidate never silently measures the shipped code.
+CANDIDATES = {
+    "as shipped": {},
+    "nginx keeps its connections to gunicorn open (upstream keepalive)": {
+        "files": {
+            "nginx.conf": [(UPSTREAM, UPSTREAM + "        keepalive 32;\n")],
+            "launch.py": [
+                ('        "--keep-alive",\n        "0",', '        "--keep-alive",\n        "75",')
+            ],
+        }
+    },
+    # Shipped since its run here: this candidate puts nginx's line back.
+    "two log lines per request: nginx's access log for /invocations too": {
+        "files": {"nginx.conf": [(INVOCATIONS_LOG_OFF, INVOCATIONS)]}
+    },
+    "MODEL_SERVER_THREADS=8 (fewer threads to wake, smaller merged calls)": {
+        "env": {"MODEL_SERVER_THREADS": "8"}
+    },
+    "MODEL_SERVER_THREADS=32": {"env": {"MODEL_SERVER_THREADS": "32"}},
+}
+
+
+def log(message):
+    print(f"candidates: {message}", file=sys.stderr, flush=True)
+
+
+def mounts(candidate, folder):
+    """`docker run` arguments mounting the candidate's rewritten files."""
+    args = []
+    for name, edits in candidate.get("files", {}).items():
+        text = (PROGRAM / name).read_text()
+        for old, new in edits:
+            if old not in text:
+                raise SystemExit(f"candidates: {name} no longer has {old!r}")
+            text = text.replace(old, new)
+        path = Path(folder) / name
+        path.write_text(text)
+        args += ["-v", f"{path}:/opt/program/{name}:ro"]
+    targets.shared_with_containers(folder)
+    return args
+
+
+def measure(servers, texts, clients, rounds):
+    """{name: [{cpu_ms_per_request, requests_per_s, p50_ms}, ...]}, the rounds in turn."""
+    runs = {name: [] for name in servers}
+    reqs = {
+        name: [
+            load.http_request(s.port, "POST", "/invocations", json.dumps({"text": t}).encode())
+            for t in texts
+        ]
+        for name, s in servers.items()
+    }
+    for name, s in servers.items():
+        load.run(s.port, reqs[name][:2048], clients)  # every worker and thread warm
+    names = list(servers)
+    for i in range(rounds):
+        # Each round starts one candidate further on, so none is always first or last.
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            s = servers[name]
+            cpu0 = s.container_cpu_seconds()
+            r = load.run(s.port, reqs[name], clients)
+            cpu = s.container_cpu_seconds() - cpu0
+            runs[name].append(
+                {
+                    "cpu_ms_per_request": round(1000 * cpu / len(texts), 3),
+                    "requests_per_s": round(len(texts) / r.seconds, 1),
+                    "p50_ms": round(1000 * float(np.median(r.latencies)), 2),
+                }
+            )
+            log(f"round {i + 1}: {name}: {runs[name][-1]}")
+    return runs
+
+
+def summary(runs):
+    """Medians per candidate, and each round's CPU over the shipped server's that round."""
+    shipped = runs["as shipped"]
+    out = {}
+    for name, rounds in runs.items():
+        ratios = [
+            r["cpu_ms_per_request"] / s["cpu_ms_per_request"]
+            for r, s in zip(rounds, shipped, strict=True)
+        ]
+        out[name] = {
+            key: float(np.median([r[key] for r in rounds]))
+            for key in ("cpu_ms_per_request", "requests_per_s", "p50_ms")
+        }
+        out[name]["cpu_over_shipped"] = round(float(np.median(ratios)), 3)
+        out[name]["cpu_over_shipped_rounds"] = [round(x, 3) for x in ratios]
+    return out
+
+
+def table(c):
+    rows = [
+        f"From `make profile` on {c['date']} (`bench/results/candidates.json`): image "
+        f"{c['image']['id']}, {c['workers']} workers, {c['clients']} clients, "
+        f"{c['requests']} one-text requests a run, {c['rounds']} rounds in turn; medians.",
+        "",
+        "| candidate | CPU ms per request | CPU / as shipped (each round) | requests/s | p50 ms |",
+        "|---|---:|---|---:|---:|",
+    ]
+    for name, s in c["summary"].items():
+        rounds = ", ".join(f"{x:.3f}" for x in s["cpu_over_shipped_rounds"])
+        rows.append(
+            f"| {name} | {s['cpu_ms_per_request']:.3f} | {s['cpu_over_shipped']:.3f} "
+            f"({rounds}) | {s['requests_per_s']:.0f} | {s['p50_ms']:.1f} |"
+        )
+    return "\n".join(rows)
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    cpu_profile.add_load_arguments(parser, requests=8192)
+    parser.add_argument("--rounds", type=int, default=3)
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    texts = corpus.sentences(args.requests)
+    servers = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            for i, (name, candidate) in enumerate(CANDIDATES.items()):
+                folder = Path(tmp) / str(i)
+                folder.mkdir()
+                log(f"starting {name}")
+                servers[name] = targets.ImageServer(
+                    args.workers,
+                    False,
+                    args.image,
+                    env=candidate.get("env"),
+                    run_args=mounts(candidate, folder),
+                ).start()
+            runs = measure(servers, texts, args.clients, args.rounds)
+        finally:
+            for s in servers.values():
+                s.stop()
+    found = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "image": targets.image_info(args.image),
+        "workers": args.workers,
+        "clients": args.clients,
+        "requests": args.requests,
+        "rounds": args.rounds,
+        "runs": runs,
+        "summary": summary(runs),
+    }
+    cpu_profile.write(args, "candidates", found, table(found))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
