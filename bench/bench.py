@@ -136,10 +136,6 @@ def encode(obj):
     return json.dumps(obj, ensure_ascii=False).encode("utf-8")
 
 
-def requests_for(port, bodies):
-    return [load.http_request(port, "POST", "/invocations", b) for b in bodies]
-
-
 # How each request form's answer turns into [[text, label, start, end], ...] per text.
 def _ents(answer_entities):
     return [[e["text"], e["label"], e["start"], e["end"]] for e in answer_entities]
@@ -147,7 +143,7 @@ def _ents(answer_entities):
 
 FORMS = {
     "single": (
-        lambda texts: [encode({"text": t}) for t in texts],
+        load.one_text_bodies,
         lambda body: [_ents(json.loads(body)["entities"])],
     ),
     "batch": (
@@ -176,7 +172,7 @@ def check_entities(form, bodies, expected):
 
 def warm(server, texts, n):
     """One untimed pass over the corpus, in batches, so every worker has seen its words."""
-    load.run(server.port, requests_for(server.port, FORMS["batch"][0](texts)), 2 * n)
+    load.run(server.port, load.invocations(server.port, FORMS["batch"][0](texts)), 2 * n)
 
 
 def sweep(server, form, texts, concurrencies, expected, yardsticks, ping_at=()):
@@ -185,7 +181,7 @@ def sweep(server, form, texts, concurrencies, expected, yardsticks, ping_at=()):
     yardsticks: {name: in-process docs/s}; each row gets the ratio to each of them.
     """
     bodies = FORMS[form][0](texts)
-    reqs = requests_for(server.port, bodies)
+    reqs = load.invocations(server.port, bodies)
     docs_per_request = len(texts) / len(reqs)
     load.run(server.port, reqs[: 2 * max(concurrencies)], max(concurrencies))  # warm every worker
     rows, pings, checks, served = [], [], [], None
@@ -401,7 +397,7 @@ def measure_batch_goal(server, texts, n, plan, expected, pipe_n):
     rounds' ratios. The sweep's ratios hold every run against the one yardstick measured
     first, minutes earlier, and both take seconds: on a shared machine that compares
     different moments."""
-    reqs = requests_for(server.port, FORMS["batch"][0](texts))
+    reqs = load.invocations(server.port, FORMS["batch"][0](texts))
     concurrency = 2 * n
     rounds, checks = [], []
     for _ in range(plan["batch_goal_rounds"]):
@@ -469,7 +465,7 @@ def measure_http_path(start, texts, n, plan, results, pipe_cpu):
             for _ in range(plan["limit_rounds"]):
                 pipe_ms = pipe_cpu()["cpu_ms_per_doc"]
                 for name, server in servers.items():
-                    reqs = requests_for(server.port, FORMS["single"][0](texts))
+                    reqs = load.invocations(server.port, FORMS["single"][0](texts))
                     cpu0 = server.counted_cpu_seconds()
                     r = load.run(server.port, reqs, clients)
                     cpu = server.counted_cpu_seconds() - cpu0
@@ -529,7 +525,7 @@ def soak(servers, texts, samples, warmup):
                 encode({"texts": texts[j : min(j + SOAK_REQUEST_TEXTS, hi)]})
                 for j in range(lo, hi, SOAK_REQUEST_TEXTS)
             ]
-            load.run(server.port, requests_for(server.port, bodies), server.workers)
+            load.run(server.port, load.invocations(server.port, bodies), server.workers)
             curves[name].append([hi, settled_pss_mb(server)])
     return curves
 
@@ -616,7 +612,7 @@ def before_after(servers, texts, plan):
     }
     for _ in range(plan["before_after_rounds"]):
         for name, server in servers.items():
-            reqs = requests_for(server.port, FORMS["single"][0](texts))
+            reqs = load.invocations(server.port, FORMS["single"][0](texts))
             r = load.run(server.port, reqs, clients)
             out["single_docs_per_s"][name].append(round(len(texts) / r.seconds, 1))
             r = load.run(server.port, reqs[: len(lone)], 1)

@@ -15,7 +15,6 @@ only where this shows it helps; the table says what was tried.
 """
 
 import argparse
-import json
 import sys
 import tempfile
 from datetime import UTC, datetime
@@ -83,13 +82,8 @@ def mounts(candidate, folder):
 def measure(servers, texts, clients, rounds):
     """{name: [{cpu_ms_per_request, requests_per_s, p50_ms}, ...]}, the rounds in turn."""
     runs = {name: [] for name in servers}
-    reqs = {
-        name: [
-            load.http_request(s.port, "POST", "/invocations", json.dumps({"text": t}).encode())
-            for t in texts
-        ]
-        for name, s in servers.items()
-    }
+    bodies = load.one_text_bodies(texts)
+    reqs = {name: load.invocations(s.port, bodies) for name, s in servers.items()}
     for name, s in servers.items():
         load.run(s.port, reqs[name][:2048], clients)  # every worker and thread warm
     names = list(servers)

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import psutil
 
+import bench
 import corpus
 import load
 import report
@@ -180,15 +181,10 @@ def stop_pyspies(server, spies):
 
 
 def pipe_cpu_ms(image, texts):
-    """nlp.pipe's CPU ms per document over texts, in the image (baseline.py --pipe-cpu)."""
-    cmd = ["docker", "run", "--rm", "--network", "none", "-v", f"{HERE}:/bench:ro"]
-    cmd += ["-e", "BENCH_PROGRAM_DIR=/opt/program", "-e", "PYTHONDONTWRITEBYTECODE=1", image]
-    cmd += ["python", "/bench/baseline.py", "--pipe-cpu", "--sentences", str(len(texts))]
-    cmd += ["--workers", "1", "--latency-texts", "1"]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode:
-        raise SystemExit(f"profile: nlp.pipe in the image failed: {out.stderr[-2000:]}")
-    return json.loads(out.stdout)["pipe_cpu"]["cpu_ms_per_doc"]
+    """nlp.pipe's CPU ms per document over texts, in the image (baseline.py --pipe-cpu,
+    run as bench.py runs it)."""
+    found = bench.measure_baseline("image", image, texts, 1, {"latency_texts": 1}, pipe_cpu=True)
+    return found["pipe_cpu"]["cpu_ms_per_doc"]
 
 
 def measured_run(server, reqs, clients):
@@ -287,10 +283,7 @@ def main():
     mounts += ["-v", f"{spy_dir}:{SPY_DIR}", "--cap-add", "SYS_PTRACE"]
     server = targets.ImageServer(args.workers, False, args.image, run_args=mounts).start()
     try:
-        reqs = [
-            load.http_request(server.port, "POST", "/invocations", json.dumps({"text": t}).encode())
-            for t in texts
-        ]
+        reqs = load.invocations(server.port, load.one_text_bodies(texts))
         load.run(server.port, reqs[:2048], args.clients)  # warm every worker and thread
         log(f"{len(reqs)} one-text requests from {args.clients} clients, measured")
         r, cpu, container, switches = measured_run(server, reqs, args.clients)
@@ -315,9 +308,8 @@ def main():
         "pipe_cpu_ms_per_doc": pipe_ms,
         "efficiency": round(pipe_ms / (1000 * container / n), 3),
     }
-    (args.out / "profile.md").parent.mkdir(parents=True, exist_ok=True)
-    (args.out / "profile.md").write_text(table(profile) + "\n")
     write(args, "profile", profile, table(profile))
+    (args.out / "profile.md").write_text(table(profile) + "\n")
     return 0
 
 

@@ -15,6 +15,7 @@ reader can see what the client took from the server.
 
 import gc
 import itertools
+import json
 import os
 import socket
 import threading
@@ -33,6 +34,16 @@ def http_request(port, method, path, body=b""):
     if method == "POST":
         head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
     return head.encode("ascii") + b"\r\n" + body
+
+
+def invocations(port, bodies):
+    """The bytes of a POST /invocations for each body, built before any clock starts."""
+    return [http_request(port, "POST", "/invocations", b) for b in bodies]
+
+
+def one_text_bodies(texts):
+    """A one-text request's JSON body ({"text": ...}) for each text."""
+    return [json.dumps({"text": t}, ensure_ascii=False).encode("utf-8") for t in texts]
 
 
 class Connection:

@@ -138,6 +138,7 @@ class ImageServer(Server):
         super().__init__(workers, full_pipeline, model_dir, env)
         self.image, self.publish, self.run_args = image, publish, list(run_args)
         self.wanted_port = port
+        self.main_pid = None  # read once, by container_cpu_seconds()
 
     def start(self, timeout=120):
         # The host's network by default: the client reaches nginx directly, as SageMaker's
@@ -205,13 +206,15 @@ class ImageServer(Server):
     def container_cpu_seconds(self):
         """CPU seconds the container's cgroup has used: every process it ever ran (a
         worker since recycled too), counted by the kernel, and nothing of this host's."""
-        out = subprocess.run(
-            ["docker", "inspect", "-f", "{{.State.Pid}}", self.id],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return cgroup_cpu_seconds(int(out.stdout))
+        if self.main_pid is None:  # the container's first process: `serve`, for its life
+            out = subprocess.run(
+                ["docker", "inspect", "-f", "{{.State.Pid}}", self.id],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            self.main_pid = int(out.stdout)
+        return cgroup_cpu_seconds(self.main_pid)
 
     def stop(self):
         self.container.stop()
@@ -231,17 +234,19 @@ def cpu_of(processes):
 
 def cgroup_cpu_seconds(pid):
     """CPU seconds used so far by the cgroup process pid is in: cgroup v1's cpuacct
-    controller, or v2's unified hierarchy."""
+    controller where it is mounted, else v2's unified hierarchy."""
+    unified = None
     for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
+        hierarchy, controllers, path = line.split(":", 2)
         if "cpuacct" in controllers.split(","):
             usage = Path(f"/sys/fs/cgroup/cpuacct{path}/cpuacct.usage").read_text()
             return int(usage) / 1e9
-    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-        if line.startswith("0::"):
-            stat = Path(f"/sys/fs/cgroup{line[3:]}/cpu.stat").read_text().split()
-            return int(stat[stat.index("usage_usec") + 1]) / 1e6
-    raise TargetError(f"no CPU accounting cgroup for process {pid}")
+        if hierarchy == "0" and not controllers:
+            unified = path
+    if unified is None:
+        raise TargetError(f"no CPU accounting cgroup for process {pid}")
+    stat = Path(f"/sys/fs/cgroup{unified}/cpu.stat").read_text().split()
+    return int(stat[stat.index("usage_usec") + 1]) / 1e6
 
 
 def image_info(image):

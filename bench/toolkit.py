@@ -61,7 +61,7 @@ def start(workers):
 def warm(server, bodies, timeout=120):
     """Requests until every one of a round answers 200: Multi Model Server answers /ping
     before its Python workers have loaded the model."""
-    reqs = [load.http_request(server.port, "POST", "/invocations", b) for b in bodies[:64]]
+    reqs = load.invocations(server.port, bodies[:64])
     for _ in range(timeout):
         try:
             load.run(server.port, reqs, 8)
@@ -75,11 +75,11 @@ def alternate(servers, bodies, clients_list, rounds):
     """{clients: {name: [runs]}}: each client count, each server in turn, `rounds` times.
     A run: docs/s, p50 and p99 in ms, and the load.Run itself (for the entities)."""
     out = {c: {name: [] for name in servers} for c in clients_list}
+    reqs = {name: load.invocations(server.port, bodies) for name, server in servers.items()}
     for _ in range(rounds):
         for c in clients_list:
             for name, server in servers.items():
-                reqs = [load.http_request(server.port, "POST", "/invocations", b) for b in bodies]
-                r = load.run(server.port, reqs, c)
+                r = load.run(server.port, reqs[name], c)
                 lat = np.array(r.latencies) * 1000
                 out[c][name].append(
                     {

@@ -56,10 +56,7 @@ def measure(start, image, texts, n, rounds, forms, check):
 
 def _rounds(server, image, model, texts, n, rounds, forms, check):
     reqs = {
-        form: [
-            load.http_request(server.port, "POST", "/invocations", b) for b in forms[form][0](texts)
-        ]
-        for form in ("batch", "single")
+        form: load.invocations(server.port, forms[form][0](texts)) for form in ("batch", "single")
     }
     load.run(server.port, reqs["batch"], CLIENTS)  # warm every worker
     timed = {"pipe": [], "batch": [], "single": []}
