@@ -15,6 +15,7 @@ only where this shows it helps; the table says what was tried.
 """
 
 import argparse
+import subprocess
 import sys
 import tempfile
 from datetime import UTC, datetime
@@ -36,8 +37,10 @@ INVOCATIONS_LOG_OFF = (
     INVOCATIONS
     + "            access_log off;  # the worker's line (above); an error of nginx's has its own\n"
 )
-# {name: {"files": {file: [(old, new), ...]}, "env": {...}}}; an old text that is not
-# in the file stops the run, so a candidate never silently measures the shipped code.
+# {name: {"files": {file: [(old, new), ...]}, "before": {file: commit}, "env": {...}}}:
+# edits to today's file, or the file as it was at a commit (a change since shipped, put
+# back). An old text that is not in the file stops the run, so a candidate never silently
+# measures the shipped code.
 CANDIDATES = {
     "as shipped": {},
     "nginx keeps its connections to gunicorn open (upstream keepalive)": {
@@ -52,6 +55,10 @@ CANDIDATES = {
     "two log lines per request: nginx's access log for /invocations too": {
         "files": {"nginx.conf": [(INVOCATIONS_LOG_OFF, INVOCATIONS)]}
     },
+    # Shipped since its run here: this candidate puts Flask's view for /invocations back.
+    "Flask's dispatch for /invocations too (its view, as before invocations.py)": {
+        "before": {"predictor.py": "33d872f"}
+    },
     "MODEL_SERVER_THREADS=8 (fewer threads to wake, smaller merged calls)": {
         "env": {"MODEL_SERVER_THREADS": "8"}
     },
@@ -65,18 +72,32 @@ def log(message):
 
 def mounts(candidate, folder):
     """`docker run` arguments mounting the candidate's rewritten files."""
+    texts = {name: _rewritten(name, edits) for name, edits in candidate.get("files", {}).items()}
+    for name, commit in candidate.get("before", {}).items():
+        texts[name] = git_show(commit, f"container/NER/{name}")
     args = []
-    for name, edits in candidate.get("files", {}).items():
-        text = (PROGRAM / name).read_text()
-        for old, new in edits:
-            if old not in text:
-                raise SystemExit(f"candidates: {name} no longer has {old!r}")
-            text = text.replace(old, new)
+    for name, text in texts.items():
         path = Path(folder) / name
         path.write_text(text)
         args += ["-v", f"{path}:/opt/program/{name}:ro"]
     targets.shared_with_containers(folder)
     return args
+
+
+def _rewritten(name, edits):
+    text = (PROGRAM / name).read_text()
+    for old, new in edits:
+        if old not in text:
+            raise SystemExit(f"candidates: {name} no longer has {old!r}")
+        text = text.replace(old, new)
+    return text
+
+
+def git_show(commit, path):
+    """A file of this repository as it was at a commit."""
+    return subprocess.run(
+        ["git", "show", f"{commit}:{path}"], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout
 
 
 def measure(servers, texts, clients, rounds):

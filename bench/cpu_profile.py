@@ -64,7 +64,10 @@ PARTS = [
         [r"^(Condition\.wait|Event\.wait|Condition\.notify|Event\.set|_worker) \("],
     ),
     ("batcher (merging, hand-off to the model thread)", [r"[(/]batcher\.py", r"[(/]results\.py"]),
-    ("runner (the request path's steps)", [r"[(/]runner\.py", r"[(/]predictor\.py"]),
+    (
+        "runner (the request path's steps)",
+        [r"[(/]runner\.py", r"[(/]predictor\.py", r"[(/]invocations\.py", r"[(/]responses\.py"],
+    ),
     ("Flask and Werkzeug (request, response)", [r"[(/]flask/", r"[(/]werkzeug/"]),
     ("gunicorn HTTP parsing and writing", [r"[(/]gunicorn/http/", r"[(/]gunicorn/util\.py"]),
     (

@@ -353,8 +353,9 @@ def test_the_profile_splits_the_containers_cpu_and_finds_the_model(image, tmp_pa
 
 def test_every_candidate_still_applies_to_the_files_it_rewrites(tmp_path, monkeypatch):
     """Each candidate's edits find their text in today's files (else it would measure
-    the shipped code under another name), and a rewritten nginx.conf still renders into
-    a configuration nginx accepts."""
+    the shipped code under another name), a file put back as it was differs from
+    today's, and a rewritten nginx.conf still renders into a configuration nginx
+    accepts."""
     import candidates
     import launch
     from settings import Settings
@@ -363,10 +364,13 @@ def test_every_candidate_still_applies_to_the_files_it_rewrites(tmp_path, monkey
         folder = tmp_path / str(i)
         folder.mkdir()
         args = candidates.mounts(candidate, folder)
-        assert len(args) == 2 * len(candidate.get("files", {}))
+        rewritten = {**candidate.get("files", {}), **candidate.get("before", {})}
+        assert len(args) == 2 * len(rewritten)
         for name, edits in candidate.get("files", {}).items():
             text = (folder / name).read_text()
             assert all(new in text for _, new in edits), name
+        for name in candidate.get("before", {}):
+            assert (folder / name).read_text() != (candidates.PROGRAM / name).read_text()
         if (folder / "nginx.conf").exists():
             run = folder / "run"
             run.mkdir()
