@@ -37,6 +37,12 @@ INVOCATIONS_LOG_OFF = (
     INVOCATIONS
     + "            access_log off;  # the worker's line (above); an error of nginx's has its own\n"
 )
+LOAD_WSGI = "    def load_wsgi(self) -> None:\n"
+SKIP_WAIT = (
+    "    def enqueue_req(self, conn: Any) -> None:\n"
+    "        conn.data_ready = True\n"
+    "        super().enqueue_req(conn)\n\n"
+)
 # {name: {"files": {file: [(old, new), ...]}, "before": {file: commit}, "env": {...}}}:
 # edits to today's file, or the file as it was at a commit (a change since shipped, put
 # back). An old text that is not in the file stops the run, so a candidate never silently
@@ -58,6 +64,11 @@ CANDIDATES = {
     # Shipped since its run here: this candidate puts Flask's view for /invocations back.
     "Flask's dispatch for /invocations too (its view, as before invocations.py)": {
         "before": {"predictor.py": "33d872f"}
+    },
+    # gthread waits on a new selector of its own for each connection's first bytes; nginx
+    # connects only once it holds the whole request, so they are there at once.
+    "gunicorn reads a new connection at once (no per-connection selector)": {
+        "files": {"worker.py": [(LOAD_WSGI, SKIP_WAIT + LOAD_WSGI)]}
     },
     "MODEL_SERVER_THREADS=8 (fewer threads to wake, smaller merged calls)": {
         "env": {"MODEL_SERVER_THREADS": "8"}
