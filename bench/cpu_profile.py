@@ -66,7 +66,7 @@ PARTS = [
     ("batcher (merging, hand-off to the model thread)", [r"[(/]batcher\.py", r"[(/]results\.py"]),
     (
         "runner (the request path's steps)",
-        [r"[(/]runner\.py", r"[(/]predictor\.py", r"[(/]invocations\.py", r"[(/]responses\.py"],
+        [r"[(/]runner\.py", r"[(/]predictor\.py", r"[(/]invocations\.py", r"[(/]http_answers\.py"],
     ),
     ("Flask and Werkzeug (request, response)", [r"[(/]flask/", r"[(/]werkzeug/"]),
     ("gunicorn HTTP parsing and writing", [r"[(/]gunicorn/http/", r"[(/]gunicorn/util\.py"]),

@@ -5,7 +5,7 @@ URL matching, signals, the request and response objects) is a share of its CPU t
 `make profile` shows (docs/how-it-works.md). The app (predictor.NerApp) hands this one
 route here, where Werkzeug's parsers read the headers and the body and the answer goes to
 the server as it is; Flask keeps the other routes. What a request gets does not change:
-the same Runner, answers, errors (responses.py) and log line.
+the same Runner, answers, errors (http_answers.py) and log line.
 """
 
 import logging
@@ -21,7 +21,7 @@ from werkzeug.wsgi import ClosingIterator, get_input_stream
 
 import decode
 import encode
-import responses
+import http_answers
 from fanout import PART_HEADER
 from protocol import JSONLINES_ALIASES, ApiError
 from runner import Answer, Body, Invocation, Runner
@@ -35,7 +35,7 @@ PATH = "/invocations"
 INFERENCE_ID = "HTTP_X_AMZN_SAGEMAKER_INFERENCE_ID"
 # A multi-model endpoint's invocation names its TargetModel here, for the log line.
 TARGET_MODEL = "HTTP_X_AMZN_SAGEMAKER_TARGET_MODEL"
-CUSTOM_ATTRIBUTES = "HTTP_" + responses.CUSTOM_ATTRIBUTES.upper().replace("-", "_")
+CUSTOM_ATTRIBUTES = "HTTP_" + http_answers.CUSTOM_ATTRIBUTES.upper().replace("-", "_")
 PART = "HTTP_" + PART_HEADER.upper().replace("-", "_")
 
 Environ = dict[str, Any]
@@ -99,11 +99,11 @@ def respond(
         )
         result = run(runner, settings, environ, invocation)
     except ApiError as e:
-        return _send(environ, start_response, responses.api_error(e), invocation)
+        return _send(environ, start_response, http_answers.api_error(e), invocation)
     except HTTPException as e:
-        return _send(environ, start_response, responses.http_error(e), invocation)
+        return _send(environ, start_response, http_answers.http_error(e), invocation)
     except Exception:
-        error = responses.internal_error(environ["REQUEST_METHOD"], PATH)
+        error = http_answers.internal_error(environ["REQUEST_METHOD"], PATH)
         return _send(environ, start_response, error, invocation)
     headers = [("Content-Type", result.content_type), *result.headers.items()]
     body: Iterable[bytes]
@@ -112,9 +112,9 @@ def respond(
         body = [result.body]
     else:
         body = result.body  # streamed: the server sends it chunked
-    echoed = responses.echoed_custom_attributes(environ.get(CUSTOM_ATTRIBUTES))
+    echoed = http_answers.echoed_custom_attributes(environ.get(CUSTOM_ATTRIBUTES))
     if echoed:
-        headers.append((responses.CUSTOM_ATTRIBUTES, echoed))
+        headers.append((http_answers.CUSTOM_ATTRIBUTES, echoed))
     start_response("200 OK", headers)
     return ClosingIterator(body, LogLine(environ, invocation, 200).write)
 
@@ -125,9 +125,9 @@ def _send(
     response: Response,
     invocation: Invocation | None,
 ) -> Iterable[bytes]:
-    echoed = responses.echoed_custom_attributes(environ.get(CUSTOM_ATTRIBUTES))
+    echoed = http_answers.echoed_custom_attributes(environ.get(CUSTOM_ATTRIBUTES))
     if echoed:
-        response.headers[responses.CUSTOM_ATTRIBUTES] = echoed
+        response.headers[http_answers.CUSTOM_ATTRIBUTES] = echoed
     if invocation is not None:  # one that got past its Accept header
         response.call_on_close(LogLine(environ, invocation, response.status_code).write)
     return response(environ, start_response)

@@ -5,7 +5,7 @@ the host and the image all run this same code. /invocations, the route nearly ev
 request takes, is answered by invocations.py without Flask's dispatch; Flask answers the
 others. Either way the request goes to the app's Runner (runner.py), which holds the one
 request path every body form takes, and errors of any kind get the same JSON shape
-(responses.py).
+(http_answers.py).
 """
 
 from collections.abc import Iterable
@@ -16,8 +16,8 @@ from spacy.language import Language
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as WsgiResponse
 
+import http_answers
 import invocations
-import responses
 from protocol import ApiError
 from runner import Runner
 from settings import Settings
@@ -55,7 +55,7 @@ def ping() -> Response:
 def execution_parameters() -> WsgiResponse:
     # Batch transform asks this once; values set on the transform job win over it.
     # One request per worker keeps every core busy.
-    return responses.json_response(
+    return http_answers.json_response(
         200,
         {
             "MaxConcurrentTransforms": app_of(current_app).settings.workers,
@@ -67,20 +67,21 @@ def execution_parameters() -> WsgiResponse:
 
 @views.after_app_request
 def echo_custom_attributes(response: Response) -> Response:
-    echoed = responses.echoed_custom_attributes(request.headers.get(responses.CUSTOM_ATTRIBUTES))
+    value = request.headers.get(http_answers.CUSTOM_ATTRIBUTES)
+    echoed = http_answers.echoed_custom_attributes(value)
     if echoed:
-        response.headers[responses.CUSTOM_ATTRIBUTES] = echoed
+        response.headers[http_answers.CUSTOM_ATTRIBUTES] = echoed
     return response
 
 
 # Flask answers its errors (an unknown path's 404 too) as invocations.py does.
-views.app_errorhandler(ApiError)(responses.api_error)
-views.app_errorhandler(HTTPException)(responses.http_error)
+views.app_errorhandler(ApiError)(http_answers.api_error)
+views.app_errorhandler(HTTPException)(http_answers.http_error)
 
 
 @views.app_errorhandler(Exception)
 def unexpected(e: Exception) -> WsgiResponse:
-    return responses.internal_error(request.method, request.path)
+    return http_answers.internal_error(request.method, request.path)
 
 
 def create_app(nlp: Language, settings: Settings) -> NerApp:
