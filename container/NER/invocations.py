@@ -31,12 +31,19 @@ from settings import Settings
 log = logging.getLogger("ner.predictor")
 
 PATH = "/invocations"
+
+
+def _environ_key(header: str) -> str:
+    """Where WSGI puts a request header in the environ."""
+    return "HTTP_" + header.upper().replace("-", "_")
+
+
 # The id SageMaker gives each invocation; the request's log line carries it.
-INFERENCE_ID = "HTTP_X_AMZN_SAGEMAKER_INFERENCE_ID"
+INFERENCE_ID = _environ_key("X-Amzn-SageMaker-Inference-Id")
 # A multi-model endpoint's invocation names its TargetModel here, for the log line.
-TARGET_MODEL = "HTTP_X_AMZN_SAGEMAKER_TARGET_MODEL"
-CUSTOM_ATTRIBUTES = "HTTP_" + http_answers.CUSTOM_ATTRIBUTES.upper().replace("-", "_")
-PART = "HTTP_" + PART_HEADER.upper().replace("-", "_")
+TARGET_MODEL = _environ_key("X-Amzn-SageMaker-Target-Model")
+CUSTOM_ATTRIBUTES = _environ_key(http_answers.CUSTOM_ATTRIBUTES)
+PART = _environ_key(PART_HEADER)
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
@@ -112,11 +119,15 @@ def respond(
         body = [result.body]
     else:
         body = result.body  # streamed: the server sends it chunked
-    echoed = http_answers.echoed_custom_attributes(environ.get(CUSTOM_ATTRIBUTES))
-    if echoed:
-        headers.append((http_answers.CUSTOM_ATTRIBUTES, echoed))
-    start_response("200 OK", headers)
+    start_response("200 OK", headers + _echoed(environ))
     return ClosingIterator(body, LogLine(environ, invocation, 200).write)
+
+
+def _echoed(environ: Environ) -> list[tuple[str, str]]:
+    """The client's custom attributes, as the header that sends them back (none when
+    there are none, or they are not fit to go back)."""
+    value = http_answers.echoed_custom_attributes(environ.get(CUSTOM_ATTRIBUTES))
+    return [(http_answers.CUSTOM_ATTRIBUTES, value)] if value else []
 
 
 def _send(
@@ -125,9 +136,8 @@ def _send(
     response: Response,
     invocation: Invocation | None,
 ) -> Iterable[bytes]:
-    echoed = http_answers.echoed_custom_attributes(environ.get(CUSTOM_ATTRIBUTES))
-    if echoed:
-        response.headers[http_answers.CUSTOM_ATTRIBUTES] = echoed
+    for name, value in _echoed(environ):
+        response.headers[name] = value
     if invocation is not None:  # one that got past its Accept header
         response.call_on_close(LogLine(environ, invocation, response.status_code).write)
     return response(environ, start_response)
